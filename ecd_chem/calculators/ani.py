@@ -1,0 +1,124 @@
+"""TorchANI (ANI-1x, ANI-1ccx) as a batched model and an ASE calculator.
+
+The networks are built from the NeuroChem files packaged inside the torchani
+2.2.4 wheel, offline: its ``.info`` index files are empty, so the stock
+``torchani.models.ANI1x()`` would try to download them.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from ase import Atoms
+from ase.units import Hartree
+
+from .base import BatchCalculator, BatchModel
+
+# model name -> (resource folder, ensemble size)
+MODELS = {"ani1x": ("ani-1x_8x", 8), "ani1ccx": ("ani-1ccx_8x", 8)}
+SUPPORTED_ELEMENTS = ("H", "C", "N", "O")
+_CONSTANTS = "rHCNO-5.2R_16-3.5A_a4-8.params"
+
+
+def _import_torchani():
+    try:
+        import torchani
+    except ImportError as err:  # pragma: no cover - torchani is a hard dependency
+        raise ImportError("ANI needs torchani 2.2.4: pip install 'torchani==2.2.4' "
+                          "'setuptools<81'") from err
+    return torchani
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without CUDA is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device}; use 'auto', 'cpu' or 'cuda'")
+    return device
+
+
+@functools.lru_cache(maxsize=None)
+def _load_network(name: str):
+    """The ANI ensemble (AEV -> 8 networks -> self-energy shift), float32 on CPU,
+    built once per process."""
+    torchani = _import_torchani()
+    from torchani import neurochem
+
+    folder, size = MODELS[name]
+    root = os.path.join(os.path.dirname(torchani.__file__), "resources", folder)
+    consts = neurochem.Constants(os.path.join(root, _CONSTANTS))
+    aev = torchani.AEVComputer(**consts)
+    shifter = neurochem.load_sae(os.path.join(root, "sae_linfit.dat"))
+    ensemble = neurochem.load_model_ensemble(consts.species, os.path.join(root, "train"), size)
+    network = torchani.nn.Sequential(aev, ensemble, shifter)
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    return network.eval(), tuple(consts.species)
+
+
+@functools.lru_cache(maxsize=None)
+def load_network(name: str, device: str, dtype: torch.dtype):
+    """Cached copy of the network on ``device`` in ``dtype``."""
+    network, species = _load_network(name)
+    import copy
+    network = copy.deepcopy(network).to(device=device, dtype=dtype)
+    return network, species
+
+
+class ANIModel(BatchModel):
+    """ANI energies (eV) and forces (eV/A) for W geometries in one pass.
+
+    model: 'ani1x' or 'ani1ccx'; device: 'auto', 'cpu' or 'cuda';
+    dtype: torch.float32 (fast) or torch.float64 (for finite differences).
+    """
+
+    def __init__(self, model: str = "ani1x", device="auto", dtype=torch.float32):
+        if model not in MODELS:
+            raise ValueError(f"unknown ANI model {model!r}; choose one of {sorted(MODELS)}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError("dtype must be torch.float32 or torch.float64")
+        self.name = model
+        self.device = resolve_device(device)
+        self.dtype = dtype
+        self.network, self.species = load_network(model, str(self.device), dtype)
+        self._index = {s: i for i, s in enumerate(self.species)}
+
+    def check(self, atoms: Atoms) -> None:
+        unknown = sorted(set(atoms.get_chemical_symbols()) - set(self.species))
+        if unknown:
+            raise ValueError(f"element(s) {', '.join(unknown)} not supported by {self.name}; "
+                             f"supported: {', '.join(self.species)}")
+        if any(atoms.pbc):
+            raise ValueError("ANICalculator here handles molecules only (no periodic cell)")
+
+    def species_tensor(self, atoms: Atoms) -> torch.Tensor:
+        self.check(atoms)
+        return torch.tensor([self._index[s] for s in atoms.get_chemical_symbols()],
+                            dtype=torch.long, device=self.device)
+
+    def evaluate(self, atoms: Atoms, positions: torch.Tensor):
+        species = self.species_tensor(atoms)
+        W = positions.shape[0]
+        with torch.enable_grad():
+            coords = positions.detach().to(device=self.device, dtype=self.dtype)
+            coords.requires_grad_(True)
+            energies = self.network((species.expand(W, -1), coords)).energies
+            (gradient,) = torch.autograd.grad(energies.sum(), coords)
+        out_dtype = positions.dtype if positions.is_floating_point() else torch.float64
+        return ((energies.detach() * Hartree).to("cpu", out_dtype),
+                (-gradient * Hartree).to("cpu", out_dtype))
+
+
+class ANICalculator(BatchCalculator):
+    """ASE calculator for ANI-1x / ANI-1ccx built from torchani's packaged files.
+
+    >>> atoms.calc = ANICalculator('ani1x')            # doctest: +SKIP
+    """
+
+    def __init__(self, model: str = "ani1x", device="auto", dtype=torch.float32, **kwargs):
+        super().__init__(ANIModel(model, device=device, dtype=dtype), **kwargs)

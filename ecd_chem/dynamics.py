@@ -1,0 +1,446 @@
+"""Energy-Conserving Descent over a batch of walkers, as pure functions.
+
+Everything here works on torch tensors with a leading walker axis: positions,
+momenta and gradients are ``(W, N, 3)`` ("per atom"), energies and counters are
+``(W,)`` ("per walker"). Units are the caller's (eV and Angstrom with ASE).
+Branching between walkers is done with masks, never with Python ``if`` on one
+walker, so one walker's trouble does not leak into another.
+
+The ECD step is split in two so that any force provider can sit in between::
+
+    state = propose(state, hp)            # bounce, kick, drift -> state.x is new
+    energy, gradient = model(state.x)     # one force call per walker
+    state = absorb(state, energy, gradient, hp)
+
+``step(state, evaluate, hp)`` does the three together.
+
+Hamiltonians (``hp.method``), with the shifted potential V = F - dV and
+g(V) = V**eta:
+
+* ``"bbi"``  Born-Infeld, E = sqrt(g (g + pi^2)).  Speed limit: |dx/dt| < sqrt(g).
+* ``"ruthless"``  non-relativistic with mass 1/g(V): E = g (1 + pi^2/2).
+* ``"sep"``  separable ECDSep, E = log g + log(1 + pi^2), with momentum noise nu.
+  The displacement per step never exceeds dt.
+
+The L-BFGS quench at the bottom of this module is the converging mode used to
+polish minima (ECDOpt's closing phase, the search's quenches).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+
+import torch
+
+METHODS = ("bbi", "ruthless", "sep")
+
+
+@dataclass(frozen=True)
+class ECDParams:
+    """Hyperparameters of the ECD dynamics (caller's units: eV, Angstrom).
+
+    dt: time step; with ``bbi`` the first step from rest moves dt^2 * |force|.
+    eta: exponent of g(V) = V**eta (>= 1); larger concentrates time at small V.
+    method: "bbi", "ruthless" or "sep".
+    conserve_energy: rescale |pi| after every step so that E is exact.
+    delta_energy: extra initial energy dE >= 0 (for "sep": the initial pi^2).
+    gap: initial height of F above the floor, dV = F(0) - gap (energy units).
+        Whenever a step lands at V <= 0 the floor is lowered to F - gap.
+    bounce_every, fixed_bounces: T0 and N_b, a fixed bounce every T0 steps,
+        N_b times (0 disables).
+    bounce_patience: T1, bounce after this many steps without a new lowest F
+        (0 disables).
+    nu: ECDSep momentum-direction noise per step (scaled by 1/sqrt(3N)).
+    max_step: cap on any atom's displacement in one step (length units).
+    """
+
+    method: str = "bbi"
+    dt: float = 0.1
+    eta: float = 1.0
+    conserve_energy: bool = True
+    delta_energy: float = 0.0
+    gap: float = 1.0
+    bounce_every: int = 0
+    fixed_bounces: int = 0
+    bounce_patience: int = 0
+    nu: float = 0.0
+    max_step: float = 0.2
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown ECD method {self.method!r}; choose one of {METHODS}")
+        numbers = (self.dt, self.eta, self.delta_energy, self.gap, self.max_step, self.nu)
+        if not all(map(math.isfinite, numbers)):
+            raise ValueError("ECD parameters must be finite numbers")
+        checks = [
+            (self.dt > 0, f"dt must be > 0, got {self.dt}"),
+            (self.eta >= 1, f"eta must be >= 1, got {self.eta}"),
+            (self.delta_energy >= 0, f"delta_energy must be >= 0, got {self.delta_energy}"),
+            (self.gap > 0, f"gap must be > 0, got {self.gap}"),
+            (self.max_step > 0, f"max_step must be > 0, got {self.max_step}"),
+            (self.nu >= 0, f"nu must be >= 0, got {self.nu}"),
+            (min(self.bounce_every, self.fixed_bounces, self.bounce_patience) >= 0,
+             "bounce counts must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclass
+class ECDState:
+    """Batched walker state. Shapes: W walkers, N atoms (or rows of 3 dofs)."""
+
+    x: torch.Tensor          # (W, N, 3) positions
+    p: torch.Tensor          # (W, N, 3) momentum pi
+    f: torch.Tensor          # (W,) objective F at x
+    g: torch.Tensor          # (W, N, 3) gradient dF/dx at x
+    energy: torch.Tensor     # (W,) conserved E (for "sep": log E)
+    floor: torch.Tensor      # (W,) dV, V = F - dV
+    movable: torch.Tensor    # (W, N, 1) 1 for free atoms, 0 for frozen ones
+    best_f: torch.Tensor     # (W,) lowest F seen
+    best_x: torch.Tensor     # (W, N, 3) where it was seen
+    best_g: torch.Tensor     # (W, N, 3) gradient there
+    since_best: torch.Tensor   # (W,) steps since best_f improved
+    since_fixed: torch.Tensor  # (W,) steps since the last fixed bounce
+    fixed_done: torch.Tensor   # (W,) fixed bounces performed
+    bounces: torch.Tensor      # (W,) bounces performed (both kinds)
+    steps: torch.Tensor        # (W,) ECD steps taken
+    rng: torch.Generator
+
+    def replace(self, **changes) -> "ECDState":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain nested lists (JSON-ready), the RNG state included."""
+        out = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "rng":
+                out["rng"] = value.get_state().tolist()
+            else:
+                out[field.name] = value.tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict, dtype=torch.float64, device="cpu") -> "ECDState":
+        rng = torch.Generator(device=device)
+        rng.set_state(torch.tensor(data["rng"], dtype=torch.uint8))
+        kwargs = {"rng": rng}
+        for field in fields(cls):
+            if field.name == "rng":
+                continue
+            integer = field.name in ("since_best", "since_fixed", "fixed_done", "bounces", "steps")
+            kwargs[field.name] = torch.tensor(
+                data[field.name], dtype=torch.long if integer else dtype, device=device)
+        return cls(**kwargs)
+
+
+# --- the three Hamiltonians ---------------------------------------------------
+
+def _g(v, eta):
+    return v ** eta
+
+
+def hamiltonian(method: str, gv: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+    """E(g(V), pi^2) for each walker."""
+    if method == "bbi":
+        return torch.sqrt(gv * (gv + p2))
+    if method == "ruthless":
+        return gv * (1.0 + 0.5 * p2)
+    return torch.log(gv) + torch.log1p(p2)
+
+
+def momentum_sq(method: str, energy: torch.Tensor, gv: torch.Tensor) -> torch.Tensor:
+    """pi^2 that makes E exact at g(V); negative where no momentum can."""
+    if method == "bbi":
+        return energy ** 2 / gv - gv
+    if method == "ruthless":
+        return 2.0 * (energy / gv - 1.0)
+    return torch.exp(energy - torch.log(gv)) - 1.0
+
+
+def _wsum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over every axis but the walker axis: (W, ...) -> (W,)."""
+    return t.flatten(1).sum(1)
+
+
+def _bcast(per_walker: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return per_walker.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _unit(t: torch.Tensor) -> torch.Tensor:
+    norm = torch.sqrt(_wsum(t * t)).clamp_min(1e-300)
+    return t / _bcast(norm, t)
+
+
+# --- init / propose / absorb ----------------------------------------------------
+
+def init(x, f, g, hp: ECDParams, *, seed=None, rng=None, movable=None) -> ECDState:
+    """Start W walkers at x (W, N, 3) with energies f (W,) and gradients g.
+
+    The floor starts ``hp.gap`` below each walker's F. pi(0) points along -grad F
+    with the magnitude the extra energy ``hp.delta_energy`` gives it (zero by default).
+    """
+    x = torch.as_tensor(x)
+    f = torch.as_tensor(f, dtype=x.dtype, device=x.device)
+    g = torch.as_tensor(g, dtype=x.dtype, device=x.device)
+    if rng is None:
+        rng = torch.Generator(device=x.device)
+        rng.manual_seed(int(seed) if seed is not None else torch.seed())
+    if movable is None:
+        movable = torch.ones(x.shape[:-1] + (1,), dtype=x.dtype, device=x.device)
+    W = x.shape[0]
+    floor = f - hp.gap
+    gv = _g(f - floor, hp.eta)
+    zero = torch.zeros(W, dtype=x.dtype, device=x.device)
+    if hp.method == "sep":
+        energy = torch.log(gv) + math.log1p(hp.delta_energy)
+    else:
+        energy = hamiltonian(hp.method, gv, zero) + hp.delta_energy
+    p2 = momentum_sq(hp.method, energy, gv).clamp_min(0)
+    direction = -g * movable
+    no_force = _wsum(direction * direction) == 0
+    if bool(no_force.any()):
+        random = torch.randn(x.shape, generator=rng, dtype=x.dtype, device=x.device) * movable
+        direction = torch.where(_bcast(no_force, x), random, direction)
+    p = _unit(direction) * _bcast(torch.sqrt(p2), x)
+    counters = torch.zeros(W, dtype=torch.long, device=x.device)
+    return ECDState(x=x.clone(), p=p, f=f.clone(), g=g.clone(), energy=energy, floor=floor,
+                    movable=movable, best_f=f.clone(), best_x=x.clone(), best_g=g.clone(),
+                    since_best=counters.clone(), since_fixed=counters.clone(),
+                    fixed_done=counters.clone(), bounces=counters.clone(),
+                    steps=counters.clone(), rng=rng)
+
+
+def bounce_due(state: ECDState, hp: ECDParams):
+    """(fixed, progress) masks (W,) of walkers whose momentum is redirected now."""
+    fixed = ((state.since_fixed >= hp.bounce_every) & (state.fixed_done < hp.fixed_bounces)
+             if hp.bounce_every > 0 else torch.zeros_like(state.steps, dtype=torch.bool))
+    progress = (state.since_best >= hp.bounce_patience if hp.bounce_patience > 0
+                else torch.zeros_like(fixed))
+    return fixed, progress
+
+
+def bounce(state: ECDState, mask: torch.Tensor) -> ECDState:
+    """New isotropic random direction for pi where mask (W,) is set, same |pi|."""
+    if not bool(mask.any()):
+        return state
+    random = torch.randn(state.p.shape, generator=state.rng, dtype=state.p.dtype,
+                         device=state.p.device) * state.movable
+    norm = torch.sqrt(_wsum(state.p * state.p))
+    p = torch.where(_bcast(mask, state.p), _unit(random) * _bcast(norm, state.p), state.p)
+    return state.replace(p=p, bounces=state.bounces + mask.long())
+
+
+def propose(state: ECDState, hp: ECDParams) -> ECDState:
+    """Bounce where due, then kick pi and drift x by one step of dt.
+
+    Returns the state with the new positions in ``x``; f and g still belong to
+    the old positions until :func:`absorb` receives the new ones.
+    """
+    fixed, progress = bounce_due(state, hp)
+    state = bounce(state, fixed | progress)
+    state = state.replace(
+        since_fixed=torch.where(fixed, torch.zeros_like(state.since_fixed), state.since_fixed),
+        fixed_done=state.fixed_done + fixed.long(),
+        since_best=torch.where(fixed | progress, torch.zeros_like(state.since_best),
+                               state.since_best))
+
+    v = state.f - state.floor
+    gv = _g(v, hp.eta)
+    dgv = hp.eta * v ** (hp.eta - 1.0)          # dg/dV
+    grad = state.g * state.movable
+    p, dt, E = state.p, hp.dt, state.energy
+    if hp.method == "bbi":
+        p = p - 0.5 * dt * _bcast(dgv * (gv / E + E / gv), p) * grad
+        velocity = _bcast(gv / E, p) * p
+    elif hp.method == "ruthless":
+        p2 = _wsum(p * p)
+        p = p - dt * _bcast(dgv * (1.0 + 0.5 * p2), p) * grad
+        velocity = _bcast(gv, p) * p
+    else:
+        p = p - dt * _bcast(dgv / gv, p) * grad
+        p2 = _wsum(p * p)
+        velocity = 2.0 * p / _bcast(1.0 + p2, p)
+    dx = dt * velocity * state.movable
+    # Cap the largest atomic displacement: a per-walker shorter drift, so a
+    # walker near a steep wall cannot fly apart.
+    longest = torch.linalg.vector_norm(dx, dim=-1).flatten(1).amax(1)
+    scale = torch.clamp(hp.max_step / longest.clamp_min(1e-300), max=1.0)
+    x = state.x + dx * _bcast(scale, dx)
+
+    if hp.method == "sep" and hp.nu > 0:
+        norm = torch.sqrt(_wsum(p * p))
+        noise = torch.randn(p.shape, generator=state.rng, dtype=p.dtype, device=p.device)
+        noisy = _unit(p) + hp.nu / math.sqrt(p[0].numel()) * noise * state.movable
+        p = _unit(noisy) * _bcast(norm, p)
+    return state.replace(x=x, p=p)
+
+
+def absorb(state: ECDState, f, g, hp: ECDParams, x=None) -> ECDState:
+    """Take the energies f (W,) and gradients g (W, N, 3) at ``state.x``.
+
+    ``x`` replaces the proposed positions when the caller had to adjust them
+    (ASE constraints). Then: lower the floor where V <= 0 (adaptive dV, keeping
+    the momentum), restore exact energy conservation by rescaling |pi|, and
+    update the record of the lowest F.
+    """
+    f = torch.as_tensor(f, dtype=state.x.dtype, device=state.x.device)
+    g = torch.as_tensor(g, dtype=state.x.dtype, device=state.x.device)
+    x = state.x if x is None else torch.as_tensor(x, dtype=state.x.dtype, device=state.x.device)
+    p = state.p
+    p2 = _wsum(p * p)
+
+    below = f - state.floor <= 0
+    floor = torch.where(below, f - hp.gap, state.floor)
+    gv = _g(f - floor, hp.eta)
+    energy = torch.where(below, hamiltonian(hp.method, gv, p2), state.energy)
+
+    if hp.conserve_energy:
+        target = momentum_sq(hp.method, energy, gv)
+        # A discrete step can climb above the turning point (target < 0): the
+        # walker stops there and E is reset to its value at rest.
+        stopped = target < 0
+        target = target.clamp_min(0)
+        energy = torch.where(stopped, hamiltonian(hp.method, gv, torch.zeros_like(gv)), energy)
+        has_p = p2 > 0
+        factor = torch.where(has_p, torch.sqrt(target / p2.clamp_min(1e-300)),
+                             torch.zeros_like(p2))
+        p_from_rest = _unit(-g * state.movable) * _bcast(torch.sqrt(target), p)
+        p = torch.where(_bcast(has_p, p), p * _bcast(factor, p), p_from_rest)
+
+    improved = f < state.best_f
+    wi = _bcast(improved, x)
+    return state.replace(
+        x=x, p=p, f=f, g=g, energy=energy, floor=floor,
+        best_f=torch.where(improved, f, state.best_f),
+        best_x=torch.where(wi, x, state.best_x),
+        best_g=torch.where(wi, g, state.best_g),
+        since_best=torch.where(improved, torch.zeros_like(state.since_best),
+                               state.since_best + 1),
+        since_fixed=state.since_fixed + 1,
+        steps=state.steps + 1)
+
+
+def step(state: ECDState, evaluate, hp: ECDParams) -> ECDState:
+    """One ECD step of every walker; ``evaluate(x) -> (f (W,), g (W, N, 3))``."""
+    state = propose(state, hp)
+    f, g = evaluate(state.x)
+    return absorb(state, f, g, hp)
+
+
+def current_energy(state: ECDState, hp: ECDParams) -> torch.Tensor:
+    """E recomputed from (V, pi) at the current state, for checks and logs."""
+    gv = _g(state.f - state.floor, hp.eta)
+    return hamiltonian(hp.method, gv, _wsum(state.p * state.p))
+
+
+# --- the converging mode: batched L-BFGS -------------------------------------------
+
+@dataclass(frozen=True)
+class QuenchParams:
+    """L-BFGS quench: memory m, max displacement per atom and step, and the
+    initial inverse curvature 1/alpha (alpha in energy/length^2) used until the
+    first curvature pair is known."""
+
+    memory: int = 20
+    max_step: float = 0.2
+    alpha: float = 70.0
+
+
+@dataclass
+class QuenchState:
+    x: torch.Tensor        # (W, N, 3)
+    f: torch.Tensor        # (W,)
+    g: torch.Tensor        # (W, N, 3)
+    s: torch.Tensor        # (W, m, 3N) position differences, newest last
+    y: torch.Tensor        # (W, m, 3N) gradient differences
+    x_prev: torch.Tensor   # (W, N, 3)
+    g_prev: torch.Tensor   # (W, N, 3)
+    f_prev: torch.Tensor   # (W,)
+    steps: torch.Tensor    # (W,)
+
+    def replace(self, **changes) -> "QuenchState":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {field.name: getattr(self, field.name).tolist() for field in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict, dtype=torch.float64, device="cpu") -> "QuenchState":
+        return cls(**{k: torch.tensor(v, dtype=torch.long if k == "steps" else dtype,
+                                      device=device) for k, v in data.items()})
+
+
+def quench_init(x, f, g, qp: QuenchParams = QuenchParams()) -> QuenchState:
+    x = torch.as_tensor(x)
+    f = torch.as_tensor(f, dtype=x.dtype, device=x.device)
+    g = torch.as_tensor(g, dtype=x.dtype, device=x.device)
+    W, D = x.shape[0], x[0].numel()
+    hist = torch.zeros(W, qp.memory, D, dtype=x.dtype, device=x.device)
+    return QuenchState(x=x.clone(), f=f.clone(), g=g.clone(), s=hist, y=hist.clone(),
+                       x_prev=x.clone(), g_prev=g.clone(), f_prev=f.clone(),
+                       steps=torch.zeros(W, dtype=torch.long, device=x.device))
+
+
+def quench_propose(state: QuenchState, qp: QuenchParams = QuenchParams()) -> QuenchState:
+    """L-BFGS two-loop direction for every walker, capped at qp.max_step per atom.
+
+    Empty history slots are zero and drop out of the recursion, so walkers with
+    different history lengths share one vectorized pass.
+    """
+    W = state.x.shape[0]
+    q = state.g.reshape(W, -1).clone()
+    sy = (state.s * state.y).sum(-1)                       # (W, m)
+    rho = torch.where(sy > 0, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy))
+    m = state.s.shape[1]
+    alphas = []
+    for i in reversed(range(m)):
+        a = rho[:, i] * (state.s[:, i] * q).sum(-1)
+        q = q - a[:, None] * state.y[:, i]
+        alphas.append(a)
+    yy = (state.y[:, -1] * state.y[:, -1]).sum(-1)
+    have = (rho[:, -1] > 0) & (yy > 0)
+    gamma = torch.where(have, sy[:, -1] / yy.clamp_min(1e-300),
+                        torch.full_like(yy, 1.0 / qp.alpha))
+    r = gamma[:, None] * q
+    for i, a in zip(range(m), reversed(alphas)):
+        b = rho[:, i] * (state.y[:, i] * r).sum(-1)
+        r = r + (a - b)[:, None] * state.s[:, i]
+    dx = -r.reshape(state.x.shape)
+    # Not a descent direction (stale curvature): fall back to steepest descent.
+    uphill = _wsum(dx * state.g) >= 0
+    dx = torch.where(_bcast(uphill, dx), -state.g / qp.alpha, dx)
+    longest = torch.linalg.vector_norm(dx, dim=-1).flatten(1).amax(1)
+    scale = torch.clamp(qp.max_step / longest.clamp_min(1e-300), max=1.0)
+    return state.replace(x_prev=state.x, g_prev=state.g, f_prev=state.f,
+                         x=state.x + dx * _bcast(scale, dx))
+
+
+def quench_absorb(state: QuenchState, f, g, x=None) -> QuenchState:
+    """Record the evaluation at the proposed x; push the curvature pair.
+
+    A step that raised the energy clears that walker's history (the model of
+    the curvature was wrong), as FIRE and ASE's BFGS restarts do.
+    """
+    dtype, device = state.x.dtype, state.x.device
+    f = torch.as_tensor(f, dtype=dtype, device=device)
+    g = torch.as_tensor(g, dtype=dtype, device=device)
+    x = state.x if x is None else torch.as_tensor(x, dtype=dtype, device=device)
+    W = x.shape[0]
+    s_new = (x - state.x_prev).reshape(W, 1, -1)
+    y_new = (g - state.g_prev).reshape(W, 1, -1)
+    good = ((s_new * y_new).sum(-1).squeeze(1) > 1e-12)
+    s = torch.where(good[:, None, None], torch.cat([state.s[:, 1:], s_new], 1), state.s)
+    y = torch.where(good[:, None, None], torch.cat([state.y[:, 1:], y_new], 1), state.y)
+    rose = f > state.f_prev + 1e-12 * state.f_prev.abs().clamp_min(1.0)
+    s = torch.where(rose[:, None, None], torch.zeros_like(s), s)
+    y = torch.where(rose[:, None, None], torch.zeros_like(y), y)
+    return state.replace(x=x, f=f, g=g, s=s, y=y, steps=state.steps + 1)
+
+
+def max_force(g: torch.Tensor) -> torch.Tensor:
+    """Largest atomic force norm per walker, (W, N, 3) -> (W,)."""
+    return torch.linalg.vector_norm(g, dim=-1).flatten(1).amax(1)
