@@ -111,6 +111,12 @@ class ECDOpt(Optimizer):
                 "energy or forces; stopping (the trajectory so far is kept)")
         return x, f, g
 
+    def log(self, gradient):
+        # Dynamics.irun logs before it writes the trajectory: refusing a
+        # non-finite evaluation here keeps NaN out of every output file.
+        self._evaluation(gradient)
+        super().log(gradient)
+
     def step(self, gradient=None):
         x, f, g = self._evaluation(gradient)
         if self.phase == "ecd":

@@ -1,0 +1,205 @@
+"""The pure ECD integrator: update rule, conservation, bounces, exploration power."""
+import math
+
+import pytest
+import torch
+
+from ecd_chem import dynamics as ecd
+
+
+def quadratic(x, k=2.0):
+    """F = k/2 |x|^2 per walker."""
+    return 0.5 * k * (x * x).flatten(1).sum(1), k * x
+
+
+def ackley(x):
+    x = x.detach().clone().requires_grad_(True)
+    r = torch.sqrt(0.5 * (x ** 2).sum((1, 2)) + 1e-300)
+    f = (-20 * torch.exp(-0.2 * r) - torch.exp(0.5 * torch.cos(2 * math.pi * x).sum((1, 2)))
+         + math.e + 20)
+    (g,) = torch.autograd.grad(f.sum(), x)
+    return f.detach(), g
+
+
+def zakharov(x):
+    x = x.detach().clone().requires_grad_(True)
+    flat = x.flatten(1)
+    i = torch.arange(1, flat.shape[1] + 1, dtype=x.dtype)
+    s = (0.5 * i * flat).sum(1)
+    f = (flat ** 2).sum(1) + s ** 2 + s ** 4
+    (g,) = torch.autograd.grad(f.sum(), x)
+    return f.detach(), g
+
+
+def run(state, fn, hp, n):
+    for _ in range(n):
+        state = ecd.step(state, fn, hp)
+    return state
+
+
+def test_one_bbi_step_matches_hand_computation():
+    hp = ecd.ECDParams(method="bbi", dt=0.1, gap=0.5, conserve_energy=False, max_step=10.0)
+    x = torch.tensor([[[1.0, 0.0, 0.0]]], dtype=torch.float64)
+    f, g = quadratic(x)                      # F = 1, dF/dx = (2, 0, 0)
+    state = ecd.init(x, f, g, hp, seed=0)    # floor 0.5, V = 0.5, pi = 0, E = V
+    assert float(state.energy[0]) == pytest.approx(0.5)
+    state = ecd.propose(state, hp)
+    # pi = 0 - dt/2 * dV * (E/V + V/E) = -0.1/2 * 2 * 2 = -0.2 ; x += dt * (V/E) * pi
+    assert state.p[0, 0, 0].item() == pytest.approx(-0.2)
+    assert state.x[0, 0, 0].item() == pytest.approx(1.0 - 0.02)
+    # second step by hand, with the new V
+    state = ecd.absorb(state, *quadratic(state.x), hp)
+    V = 0.5 * 2 * 0.98 ** 2 - 0.5
+    E = 0.5
+    p = -0.2 - 0.05 * 2 * 0.98 * (E / V + V / E)
+    state = ecd.propose(state, hp)
+    assert state.p[0, 0, 0].item() == pytest.approx(p)
+    assert state.x[0, 0, 0].item() == pytest.approx(0.98 + 0.1 * (V / E) * p)
+
+
+@pytest.mark.parametrize("method", ["bbi", "ruthless", "sep"])
+def test_energy_conserved_with_rescaling_and_drifts_without(method):
+    torch.manual_seed(0)
+    x0 = torch.randn(3, 4, 3, dtype=torch.float64)
+    drift = {}
+    for conserve in (True, False):
+        # floor fixed well below the minimum (F >= 0, F(0) < 100): E never adapts
+        hp = ecd.ECDParams(method=method, dt=0.05, gap=100.0, delta_energy=0.5,
+                           conserve_energy=conserve, max_step=10.0)
+        state = ecd.init(x0, *quadratic(x0), hp, seed=1)
+        e0 = state.energy.clone()
+        worst = 0.0
+        for _ in range(200):
+            state = ecd.step(state, quadratic, hp)
+            rel = ((ecd.current_energy(state, hp) - e0) / e0.abs()).abs().max().item()
+            worst = max(worst, rel)
+        drift[conserve] = worst
+    assert drift[True] < 1e-8
+    assert drift[False] > 1e-4
+
+
+def test_eta_generalization_conserves_and_descends():
+    x0 = torch.full((1, 2, 3), 1.5, dtype=torch.float64)
+    hp = ecd.ECDParams(method="bbi", eta=2.0, dt=0.02, gap=14.5, max_step=1.0)  # floor at -1
+    state = run(ecd.init(x0, *quadratic(x0), hp, seed=0), quadratic, hp, 300)
+    assert torch.allclose(ecd.current_energy(state, hp), state.energy, rtol=1e-8)
+    assert state.best_f.item() < 0.1 * quadratic(x0)[0].item()
+
+
+def test_same_seed_same_trajectory_bit_for_bit():
+    x0 = torch.tensor([[[2.2, 1.7, 0.0]]], dtype=torch.float64)
+    hp = ecd.ECDParams(dt=0.05, delta_energy=2.0, gap=7.0, bounce_every=10, fixed_bounces=5,
+                       bounce_patience=20)
+    a = run(ecd.init(x0, *ackley(x0), hp, seed=42), ackley, hp, 200)
+    b = run(ecd.init(x0, *ackley(x0), hp, seed=42), ackley, hp, 200)
+    c = run(ecd.init(x0, *ackley(x0), hp, seed=43), ackley, hp, 200)
+    assert torch.equal(a.x, b.x) and torch.equal(a.p, b.p)
+    assert not torch.equal(a.x, c.x)
+
+
+def test_bounces_keep_speed_and_follow_schedule():
+    x0 = torch.tensor([[[1.0, 0.3, -0.2]]], dtype=torch.float64)
+    hp = ecd.ECDParams(dt=0.01, gap=1.0, delta_energy=1.0, bounce_every=5, fixed_bounces=3,
+                       max_step=10.0)
+    state = ecd.init(x0, *quadratic(x0), hp, seed=0)
+    for _ in range(40):
+        state = ecd.step(state, quadratic, hp)
+    assert state.fixed_done.item() == 3 and state.bounces.item() == 3
+    before = state.replace(since_best=torch.tensor([7]))
+    after = ecd.bounce(before, torch.tensor([True]))
+    assert torch.linalg.vector_norm(after.p).item() == pytest.approx(
+        torch.linalg.vector_norm(before.p).item())
+    assert not torch.allclose(after.p, before.p)
+
+
+def test_walkers_are_independent():
+    """A batch of walkers equals each walker run alone (no leakage between walkers)."""
+    torch.manual_seed(3)
+    x0 = torch.randn(4, 3, 3, dtype=torch.float64)
+    hp = ecd.ECDParams(dt=0.05, gap=0.5, max_step=0.1)
+    batch = run(ecd.init(x0, *quadratic(x0), hp, seed=0), quadratic, hp, 50)
+    for w in range(4):
+        alone = run(ecd.init(x0[w:w + 1], *quadratic(x0[w:w + 1]), hp, seed=0), quadratic, hp, 50)
+        assert torch.allclose(alone.x[0], batch.x[w], atol=1e-12)
+
+
+def test_adaptive_floor_keeps_v_positive():
+    x0 = torch.tensor([[[3.0, 0.0, 0.0]]], dtype=torch.float64)
+    hp = ecd.ECDParams(dt=0.1, gap=0.01, max_step=1.0)    # floor far too high at first
+    state = ecd.init(x0, *quadratic(x0), hp, seed=0)
+    for _ in range(100):
+        state = ecd.step(state, quadratic, hp)
+        assert (state.f - state.floor > 0).all()
+    assert state.floor.item() < 9.0 - 0.01
+
+
+ACKLEY_STARTS = [(2.2, 1.7), (-1.8, 2.4), (2.9, -1.1), (-2.6, -2.2), (1.1, 2.9)]
+
+
+def heavy_ball(x, lr=0.01, momentum=0.9, n=3000):
+    v = torch.zeros_like(x)
+    for _ in range(n):
+        v = momentum * v - lr * ackley(x)[1]
+        x = x + v
+    return x
+
+
+@pytest.mark.parametrize("start", ACKLEY_STARTS)
+def test_gradient_descent_with_momentum_stops_in_a_side_minimum(start):
+    x = heavy_ball(torch.tensor([[list(start)]], dtype=torch.float64))
+    assert torch.linalg.vector_norm(x).item() > 1.0
+
+
+def test_bbi_finds_ackley_global_minimum_from_those_starts():
+    """20 seeds over the 5 starts above, 2000 steps each: the walker reaches the
+    origin basin (|x| < 0.3) in at least 18 of 20 (measured: 20 of 20)."""
+    hits = 0
+    for seed in range(20):
+        x0 = torch.tensor([[list(ACKLEY_STARTS[seed % 5])]], dtype=torch.float64)
+        f0, g0 = ackley(x0)
+        hp = ecd.ECDParams(dt=0.05, delta_energy=2.0, gap=f0.item() + 1e-4, bounce_every=20,
+                           fixed_bounces=4, bounce_patience=100, max_step=1.0)
+        state = run(ecd.init(x0, f0, g0, hp, seed=seed), ackley, hp, 2000)
+        hits += torch.linalg.vector_norm(state.best_x).item() < 0.3
+    assert hits >= 18
+
+
+def test_bbi_zakharov_10d():
+    torch.manual_seed(0)
+    x0 = torch.rand(1, 1, 10, dtype=torch.float64) * 10 - 5
+    f0, g0 = zakharov(x0)
+    hp = ecd.ECDParams(dt=0.05, gap=f0.item(), max_step=1.0)   # floor at the known minimum, 0
+    state = run(ecd.init(x0, f0, g0, hp, seed=0), zakharov, hp, 5000)
+    assert state.best_f.item() < 1e-3
+
+
+def test_quench_converges_on_a_stiff_quadratic():
+    torch.manual_seed(0)
+    k = torch.tensor([1.0, 10.0, 100.0], dtype=torch.float64)
+
+    def stiff(x):
+        return 0.5 * (k * x * x).flatten(1).sum(1), k * x
+
+    x0 = torch.randn(2, 5, 3, dtype=torch.float64)
+    state = ecd.quench_init(x0, *stiff(x0))
+    for _ in range(60):
+        state = ecd.quench_propose(state)
+        state = ecd.quench_absorb(state, *stiff(state.x))
+    assert ecd.max_force(state.g).max().item() < 1e-6
+
+
+@pytest.mark.parametrize("bad", [dict(dt=0), dict(dt=-1), dict(eta=0.5), dict(delta_energy=-1),
+                                 dict(gap=0), dict(method="leapfrog"), dict(dt=float("nan"))])
+def test_bad_parameters_are_rejected(bad):
+    with pytest.raises(ValueError):
+        ecd.ECDParams(**bad)
+
+
+def test_state_roundtrip_through_dict():
+    x0 = torch.randn(2, 3, 3, dtype=torch.float64)
+    hp = ecd.ECDParams(bounce_every=3, fixed_bounces=10)
+    state = run(ecd.init(x0, *quadratic(x0), hp, seed=5), quadratic, hp, 7)
+    clone = ecd.ECDState.from_dict(state.to_dict())
+    a = run(state, quadratic, hp, 10)
+    b = run(clone, quadratic, hp, 10)
+    assert torch.equal(a.x, b.x)
