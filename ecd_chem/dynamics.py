@@ -345,7 +345,7 @@ class QuenchParams:
     initial inverse curvature 1/alpha (alpha in energy/length^2) used until the
     first curvature pair is known."""
 
-    memory: int = 20
+    memory: int = 100
     max_step: float = 0.2
     alpha: float = 70.0
 
@@ -419,16 +419,31 @@ def quench_propose(state: QuenchState, qp: QuenchParams = QuenchParams()) -> Que
                          x=state.x + dx * _bcast(scale, dx))
 
 
+def quench_observe(state: QuenchState, x, f, g) -> QuenchState:
+    """Learn curvature from a point some other dynamics visited (an ECD step).
+
+    The pair (x - state.x, g - state.g) joins the L-BFGS history where its
+    curvature is positive, so a quench that follows ECD starts with the Hessian
+    model the walker has already paid for. Going uphill is not penalized here.
+    """
+    x = torch.as_tensor(x, dtype=state.x.dtype, device=state.x.device)
+    state = state.replace(x_prev=state.x, g_prev=state.g, f_prev=state.f, x=x)
+    return _push_pair(state, f, g, x, clear_on_rise=False)
+
+
 def quench_absorb(state: QuenchState, f, g, x=None) -> QuenchState:
     """Record the evaluation at the proposed x; push the curvature pair.
 
     A step that raised the energy clears that walker's history (the model of
     the curvature was wrong), as FIRE and ASE's BFGS restarts do.
     """
-    dtype, device = state.x.dtype, state.x.device
-    f = torch.as_tensor(f, dtype=dtype, device=device)
-    g = torch.as_tensor(g, dtype=dtype, device=device)
-    x = state.x if x is None else torch.as_tensor(x, dtype=dtype, device=device)
+    x = state.x if x is None else torch.as_tensor(x, dtype=state.x.dtype, device=state.x.device)
+    return _push_pair(state, f, g, x, clear_on_rise=True)
+
+
+def _push_pair(state: QuenchState, f, g, x, clear_on_rise: bool) -> QuenchState:
+    f = torch.as_tensor(f, dtype=x.dtype, device=x.device)
+    g = torch.as_tensor(g, dtype=x.dtype, device=x.device)
     W = x.shape[0]
     s_new = (x - state.x_prev).reshape(W, 1, -1)
     y_new = (g - state.g_prev).reshape(W, 1, -1)
@@ -436,6 +451,7 @@ def quench_absorb(state: QuenchState, f, g, x=None) -> QuenchState:
     s = torch.where(good[:, None, None], torch.cat([state.s[:, 1:], s_new], 1), state.s)
     y = torch.where(good[:, None, None], torch.cat([state.y[:, 1:], y_new], 1), state.y)
     rose = f > state.f_prev + 1e-12 * state.f_prev.abs().clamp_min(1.0)
+    rose = rose & clear_on_rise
     s = torch.where(rose[:, None, None], torch.zeros_like(s), s)
     y = torch.where(rose[:, None, None], torch.zeros_like(y), y)
     return state.replace(x=x, f=f, g=g, s=s, y=y, steps=state.steps + 1)

@@ -66,7 +66,7 @@ class ECDOpt(Optimizer):
                  append_trajectory=False, seed=None, *, method="bbi", dt=0.1, eta=1.0,
                  delta_energy=0.0, gap=1.0, conserve_energy=True, nu=0.0, bounce_every=0,
                  fixed_bounces=0, bounce_patience=0, max_step=0.2, explore_steps=30,
-                 patience=4, maxstep=None, memory=20, **kwargs):
+                 patience=2, maxstep=None, memory=100, **kwargs):
         if _atoms_of(atoms).calc is None:
             raise ValueError("ECDOpt needs atoms with a calculator attached (atoms.calc is None)")
         self.params = ecd.ECDParams(
@@ -123,14 +123,16 @@ class ECDOpt(Optimizer):
             if self.walker is None:
                 self.walker = ecd.init(x, f, g, self.params, seed=self.seed,
                                        movable=_movable_mask(self.optimizable, x.shape[1]))
+                self.quench = ecd.quench_init(x, f, g, self.quench_params)
             else:
                 self.walker = ecd.absorb(self.walker, f, g, self.params, x=x)
+                self.quench = ecd.quench_observe(self.quench, x, f, g)
             done = (int(self.walker.steps[0]) >= self.explore_steps
                     or int(self.walker.since_best[0]) >= self.patience)
             if done:
                 w = self.walker
                 self.phase = "quench"
-                self.quench = ecd.quench_init(w.best_x, w.best_f, w.best_g, self.quench_params)
+                self.quench = self.quench.replace(x=w.best_x, f=w.best_f, g=w.best_g)
         elif self.quench is None:
             self.quench = ecd.quench_init(x, f, g, self.quench_params)
         else:

@@ -1,6 +1,7 @@
 """Exact batched Lennard-Jones (no cutoff) for tests and benchmarks."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from ase import Atoms
 
@@ -34,3 +35,20 @@ class LennardJones(BatchCalculator):
 
     def __init__(self, epsilon: float = 1.0, sigma: float = 1.0, **kwargs):
         super().__init__(LennardJonesModel(epsilon, sigma), **kwargs)
+
+
+def random_cluster(n: int, seed: int = 0, density: float = 0.8, min_distance: float = 0.9,
+                   symbol: str = "Ar") -> Atoms:
+    """n atoms uniform in a sphere at reduced density ``density`` (LJ units), no
+    pair closer than ``min_distance``, with the exact LJ calculator attached."""
+    rng = np.random.default_rng(seed)
+    radius = (3 * n / (4 * np.pi * density)) ** (1 / 3)
+    points: list[np.ndarray] = []
+    while len(points) < n:
+        p = rng.uniform(-radius, radius, 3)
+        if np.linalg.norm(p) <= radius and all(np.linalg.norm(p - q) > min_distance
+                                               for q in points):
+            points.append(p)
+    atoms = Atoms(f"{symbol}{n}", positions=points)
+    atoms.calc = LennardJones()
+    return atoms

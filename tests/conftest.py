@@ -1,24 +1,12 @@
-import numpy as np
 import pytest
-from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 
-from ecd_chem.potentials import LennardJones
+from ecd_chem.potentials import random_cluster
 
 
-def lj_cluster(n, seed=0, density=0.8):
-    """n LJ atoms uniform in a sphere at roughly liquid density, no pair closer than 0.9."""
-    rng = np.random.default_rng(seed)
-    radius = (3 * n / (4 * np.pi * density)) ** (1 / 3)
-    points = []
-    while len(points) < n:
-        p = rng.uniform(-radius, radius, 3)
-        if np.linalg.norm(p) <= radius and all(np.linalg.norm(p - q) > 0.9 for q in points):
-            points.append(p)
-    atoms = Atoms(f"Ar{n}", positions=points)
-    atoms.calc = LennardJones()
-    return atoms
+def lj_cluster(n, seed=0):
+    return random_cluster(n, seed=seed)
 
 
 @pytest.fixture
