@@ -15,6 +15,10 @@ from ase.units import Hartree
 
 from .base import BatchCalculator, BatchModel
 
+class ANIUnavailable(RuntimeError):
+    """The packaged network files for a model are missing or empty."""
+
+
 # model name -> (resource folder, ensemble size)
 MODELS = {"ani1x": ("ani-1x_8x", 8), "ani1ccx": ("ani-1ccx_8x", 8)}
 SUPPORTED_ELEMENTS = ("H", "C", "N", "O")
@@ -34,7 +38,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' -> cuda when available, else cpu; 'cuda' without CUDA is an error."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
     if device.type not in ("cpu", "cuda"):
@@ -51,6 +58,13 @@ def _load_network(name: str):
 
     folder, size = MODELS[name]
     root = os.path.join(os.path.dirname(torchani.__file__), "resources", folder)
+    required = [os.path.join(root, _CONSTANTS), os.path.join(root, "sae_linfit.dat"),
+                os.path.join(root, "train0", "networks", "ANN-C.nnf")]
+    missing = [path for path in required if not os.path.isfile(path) or os.path.getsize(path) == 0]
+    if missing:
+        raise ANIUnavailable(
+            f"{name}: the network files packaged with this torchani install are missing or "
+            f"empty ({missing[0]}); this model cannot be built offline here")
     consts = neurochem.Constants(os.path.join(root, _CONSTANTS))
     aev = torchani.AEVComputer(**consts)
     shifter = neurochem.load_sae(os.path.join(root, "sae_linfit.dat"))

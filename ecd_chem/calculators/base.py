@@ -101,6 +101,8 @@ def as_batch_model(calculator) -> BatchModel:
         return calculator
     if isinstance(calculator, BatchCalculator):
         return calculator.model
+    if hasattr(calculator, "batch_model"):      # e.g. PySCF: one scanner per walker
+        return calculator.batch_model()
     return ASELoopModel(calculator)
 
 

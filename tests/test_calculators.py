@@ -1,0 +1,269 @@
+"""Force providers: PySCF and ANI against their own libraries, finite differences,
+the batched interface, and bad input."""
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+from ase.units import Bohr, Hartree
+
+from ecd_chem import ECDOpt
+from ecd_chem.calculators import (ANICalculator, ANIModel, ASELoopModel, Evaluator,
+                                  PySCFCalculator, SCFNotConverged, as_batch_model)
+from ecd_chem.potentials import LennardJones
+
+
+def central_differences(atoms, indices, h=1e-3):
+    """-dE/dx by central differences for the (atom, axis) pairs given."""
+    out = []
+    for i, k in indices:
+        shifted = []
+        for sign in (1, -1):
+            probe = atoms.copy()
+            probe.calc = atoms.calc
+            probe.positions[i, k] += sign * h
+            shifted.append(probe.get_potential_energy())
+        out.append(-(shifted[0] - shifted[1]) / (2 * h))
+    return np.array(out)
+
+
+PAIRS = [(0, 0), (0, 2), (1, 1), (2, 2)]
+
+
+# -- PySCF ----------------------------------------------------------------------------------
+
+def test_pyscf_energy_equals_pyscf_run_directly():
+    from pyscf import gto, scf
+    atoms = molecule("H2O")
+    atoms.calc = PySCFCalculator("hf", "sto-3g")
+    mol = gto.M(atom=[(s, p) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
+                basis="sto-3g", unit="Angstrom", verbose=0)
+    reference = scf.RHF(mol).run(conv_tol=1e-10).e_tot
+    assert abs(atoms.get_potential_energy() / Hartree - reference) < 1e-8
+    assert atoms.get_potential_energy(force_consistent=True) == atoms.get_potential_energy()
+
+
+def test_pyscf_forces_equal_finite_differences():
+    atoms = molecule("H2O")
+    atoms.rattle(0.05, seed=1)
+    atoms.calc = PySCFCalculator("hf", "sto-3g", conv_tol=1e-12)
+    analytic = atoms.get_forces()
+    numeric = central_differences(atoms, PAIRS)
+    assert np.allclose([analytic[i, k] for i, k in PAIRS], numeric, atol=2e-4)
+
+
+def test_pyscf_dft_forces_equal_finite_differences():
+    atoms = molecule("H2O")
+    atoms.rattle(0.05, seed=2)
+    atoms.calc = PySCFCalculator("pbe0", "sto-3g", conv_tol=1e-12, grid_level=4)
+    analytic = atoms.get_forces()
+    numeric = central_differences(atoms, PAIRS[:2])
+    assert np.allclose([analytic[i, k] for i, k in PAIRS[:2]], numeric, atol=1e-3)
+
+
+def test_open_shell_doublet_runs_unrestricted():
+    from pyscf import gto, scf
+    oh = Atoms("OH", positions=[(0, 0, 0), (0, 0, 0.97)])
+    oh.calc = PySCFCalculator("hf", "sto-3g", spin=1)
+    energy = oh.get_potential_energy() / Hartree
+    assert isinstance(oh.calc._scf_of(oh.calc.scanner), scf.uhf.UHF)
+    mol = gto.M(atom="O 0 0 0; H 0 0 0.97", basis="sto-3g", spin=1, verbose=0)
+    assert abs(energy - scf.UHF(mol).run(conv_tol=1e-10).e_tot) < 1e-8
+
+
+def test_mp2_has_analytic_gradients():
+    from pyscf import gto, mp, scf
+    atoms = molecule("H2O")
+    atoms.calc = PySCFCalculator("mp2", "sto-3g")
+    mol = gto.M(atom=[(s, p) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
+                basis="sto-3g", unit="Angstrom", verbose=0)
+    mf = scf.RHF(mol).run(conv_tol=1e-10)
+    assert abs(atoms.get_potential_energy() / Hartree - mp.MP2(mf).run().e_tot) < 1e-8
+    assert atoms.get_forces().shape == (3, 3)
+
+
+def test_scanner_warm_start_needs_fewer_cycles():
+    atoms = molecule("CH3CH2OH")
+    atoms.calc = PySCFCalculator("hf", "sto-3g")
+    atoms.get_potential_energy()
+    atoms.positions[0, 0] += 0.02
+    atoms.get_potential_energy()
+    cold, warm = atoms.calc.scf_cycles
+    assert warm < cold
+
+
+def test_scf_failure_is_rescued_by_a_stronger_solver():
+    from pyscf import gto, scf
+    atoms = molecule("CH3CH2OH")
+    atoms.calc = PySCFCalculator("hf", "sto-3g", max_cycle=5)      # DIIS needs about 12
+    mol = gto.M(atom=[(s, p) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
+                basis="sto-3g", unit="Angstrom", verbose=0)
+    assert abs(atoms.get_potential_energy() / Hartree - scf.RHF(mol).run().e_tot) < 1e-7
+    assert atoms.calc.scf_cycles[0] > 5
+
+
+def test_scf_that_cannot_converge_raises_with_geometry():
+    atoms = molecule("H2O")
+    atoms.calc = PySCFCalculator("hf", "sto-3g", conv_tol=0.0, max_cycle=3)   # unreachable
+    with pytest.raises(SCFNotConverged, match="did not converge") as info:
+        atoms.get_potential_energy()
+    assert np.allclose(info.value.positions, atoms.positions)
+    assert info.value.symbols == atoms.get_chemical_symbols()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="b3lypp"), "unknown PySCF method"),
+    (dict(basis="def2-nonsense"), "unknown basis"),
+    (dict(spin=-1), "spin"),
+])
+def test_pyscf_bad_settings_fail_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PySCFCalculator(**kwargs)
+
+
+def test_impossible_charge_spin_is_a_clear_error_before_scf():
+    calc = PySCFCalculator("hf", "sto-3g", spin=0)
+    with pytest.raises(ValueError, match="impossible"):
+        calc.check(Atoms("OH", positions=[(0, 0, 0), (0, 0, 0.97)]))
+    assert calc.scanner is None
+
+
+@pytest.mark.slow
+def test_ecdopt_matches_geometric_on_b3lyp_water():
+    from pyscf import gto, scf  # noqa: F401
+    from pyscf.geomopt.geometric_solver import optimize
+    start = molecule("H2O")
+    start.rattle(0.05, seed=0)
+    mol = gto.M(atom=[(s, p) for s, p in zip(start.get_chemical_symbols(), start.positions)],
+                basis="def2-svp", unit="Angstrom", verbose=0)
+    mf = mol.RKS(xc="b3lyp")
+    mf.conv_tol = 1e-10
+    reference = optimize(mf, maxsteps=50)       # geomeTRIC's defaults (GAU-like criteria)
+    ref_e = mf.__class__(reference, xc="b3lyp").run(conv_tol=1e-10).e_tot
+    ref_x = reference.atom_coords() * Bohr
+
+    atoms = start.copy()
+    atoms.calc = PySCFCalculator("b3lyp", "def2-svp")
+    assert ECDOpt(atoms, logfile=None, seed=0).run(fmax=0.005, steps=100)
+    assert abs(atoms.get_potential_energy() / Hartree - ref_e) < 1e-6
+    a, b = atoms.positions - atoms.positions.mean(0), ref_x - ref_x.mean(0)
+    u, _, vt = np.linalg.svd(a.T @ b)
+    d = np.sign(np.linalg.det(u @ vt))
+    rot = u @ np.diag([1, 1, d]) @ vt
+    rmsd = np.sqrt(((a @ rot - b) ** 2).sum(1).mean())
+    assert rmsd < 0.01
+
+
+def test_pyscf_batch_model_has_one_scanner_per_walker():
+    atoms = molecule("H2O")
+    model = as_batch_model(PySCFCalculator("hf", "sto-3g"))
+    x = torch.tensor(np.stack([atoms.positions, atoms.positions + 0.01]))
+    energies, forces = model.evaluate(atoms, x)
+    assert torch.isfinite(energies).all() and forces.shape == (2, 3, 3)
+    assert model.calculator_for(0) is not model.calculator_for(1)
+    assert len(model.calculator_for(0).scf_cycles) == 1
+
+
+# -- ANI ------------------------------------------------------------------------------------
+
+def test_ani_equals_torchani_own_calculator(ani):
+    import torchani.ase
+    from ecd_chem.calculators.ani import load_network
+    network, species = load_network("ani1x", "cpu", torch.float64)
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.1, seed=0)
+    theirs = atoms.copy()
+    theirs.calc = torchani.ase.Calculator(list(species), network)
+    atoms.calc = ANICalculator("ani1x", device="cpu", dtype=torch.float64)
+    assert abs(atoms.get_potential_energy() - theirs.get_potential_energy()) < 1e-5
+    assert np.allclose(atoms.get_forces(), theirs.get_forces(), atol=1e-5)
+
+
+def test_ani1ccx_loads_offline_or_says_why_not():
+    """torchani 2.2.4 as installed here ships ANI-1ccx files of zero bytes; then the
+    model must refuse clearly instead of downloading. Where the files are real it
+    must load and differ from ANI-1x."""
+    import os
+    import torchani
+    from ecd_chem.calculators import ANIUnavailable
+    probe = os.path.join(os.path.dirname(torchani.__file__), "resources", "ani-1ccx_8x",
+                         "train0", "networks", "ANN-C.nnf")
+    atoms = molecule("CH4")
+    if os.path.getsize(probe) == 0:
+        with pytest.raises(ANIUnavailable, match="ani1ccx.*empty"):
+            ANICalculator("ani1ccx", device="cpu")
+        return
+    atoms.calc = ANICalculator("ani1ccx", device="cpu")
+    e_ccx = atoms.get_potential_energy()
+    atoms.calc = ANICalculator("ani1x", device="cpu")
+    assert abs(e_ccx - atoms.get_potential_energy()) > 1e-3
+
+
+def test_ani_batched_equals_the_loop():
+    atoms = molecule("CH3CH2OH")
+    model = ANIModel("ani1x", device="cpu", dtype=torch.float64)
+    rng = np.random.default_rng(0)
+    x = torch.tensor(atoms.positions[None] + rng.normal(0, 0.05, (8, len(atoms), 3)))
+    energies, forces = model.evaluate(atoms, x)
+    for w in range(8):
+        e1, f1 = model.evaluate(atoms, x[w:w + 1])
+        assert torch.allclose(e1[0], energies[w], atol=1e-8)
+        assert torch.allclose(f1[0], forces[w], atol=1e-8)
+
+
+def test_ani_float64_forces_equal_finite_differences():
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=3)
+    atoms.calc = ANICalculator("ani1x", device="cpu", dtype=torch.float64)
+    analytic = atoms.get_forces()
+    numeric = central_differences(atoms, PAIRS, h=1e-4)
+    assert np.allclose([analytic[i, k] for i, k in PAIRS], numeric, atol=1e-5)
+
+
+def test_ani_unsupported_element_names_it_and_the_supported_set():
+    atoms = molecule("CH3Cl")
+    atoms.calc = ANICalculator("ani1x", device="cpu")
+    with pytest.raises(ValueError, match=r"Cl.*supported: H, C, N, O"):
+        atoms.get_potential_energy()
+
+
+@pytest.mark.parametrize("kwargs", [dict(model="ani2x"), dict(device="tpu"),
+                                    dict(dtype=torch.float16)])
+def test_ani_bad_settings(kwargs):
+    with pytest.raises(ValueError):
+        ANICalculator(**kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_ani_cuda_without_cuda_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        ANICalculator(device="cuda")
+
+
+# -- the batched interface --------------------------------------------------------------------
+
+class FailsOnSecondWalker(LennardJones):
+    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+        if atoms.positions[0, 0] > 50:
+            raise RuntimeError("boom")
+        super().calculate(atoms, properties, system_changes)
+
+
+def test_one_failing_walker_does_not_spoil_the_others():
+    from ecd_chem.potentials import random_cluster
+    atoms = random_cluster(7, seed=0)
+    x = torch.tensor(np.stack([atoms.positions, atoms.positions + 100.0, atoms.positions]))
+    energies, forces = ASELoopModel(FailsOnSecondWalker()).evaluate(atoms, x)
+    assert torch.isnan(energies[1]) and torch.isfinite(energies[[0, 2]]).all()
+    assert torch.isfinite(forces[[0, 2]]).all()
+
+
+def test_evaluator_counts_every_geometry_and_returns_gradients():
+    from ecd_chem.potentials import random_cluster
+    atoms = random_cluster(7, seed=0)
+    evaluator = Evaluator(as_batch_model(atoms.calc), atoms)
+    x = torch.tensor(np.stack([atoms.positions] * 5))
+    f, g = evaluator(x)
+    evaluator(x[:2])
+    assert evaluator.calls == 7
+    assert np.allclose(-g[0].numpy(), atoms.get_forces())
