@@ -223,25 +223,34 @@ def bounce_due(state: ECDState, hp: ECDParams):
     return fixed, progress
 
 
-def bounce(state: ECDState, mask: torch.Tensor) -> ECDState:
-    """New isotropic random direction for pi where mask (W,) is set, same |pi|."""
+def isotropic(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Gaussian random directions, (W, N, 3)."""
+    return torch.randn(x.shape, generator=rng, dtype=x.dtype, device=x.device)
+
+
+def bounce(state: ECDState, mask: torch.Tensor, directions=isotropic) -> ECDState:
+    """New random direction for pi where mask (W,) is set, same |pi|.
+
+    ``directions(x, rng) -> (W, N, 3)`` draws the new directions: isotropic by
+    default; the conformer search draws them among torsions.
+    """
     if not bool(mask.any()):
         return state
-    random = torch.randn(state.p.shape, generator=state.rng, dtype=state.p.dtype,
-                         device=state.p.device) * state.movable
+    random = directions(state.x, state.rng) * state.movable
     norm = torch.sqrt(_wsum(state.p * state.p))
     p = torch.where(_bcast(mask, state.p), _unit(random) * _bcast(norm, state.p), state.p)
     return state.replace(p=p, bounces=state.bounces + mask.long())
 
 
-def propose(state: ECDState, hp: ECDParams) -> ECDState:
-    """Bounce where due, then kick pi and drift x by one step of dt.
+def propose(state: ECDState, hp: ECDParams, directions=isotropic) -> ECDState:
+    """Bounce where due (new directions from ``directions``), then kick pi and
+    drift x by one step of dt.
 
     Returns the state with the new positions in ``x``; f and g still belong to
     the old positions until :func:`absorb` receives the new ones.
     """
     fixed, progress = bounce_due(state, hp)
-    state = bounce(state, fixed | progress)
+    state = bounce(state, fixed | progress, directions)
     state = state.replace(
         since_fixed=torch.where(fixed, torch.zeros_like(state.since_fixed), state.since_fixed),
         fixed_done=state.fixed_done + fixed.long(),
@@ -300,11 +309,9 @@ def absorb(state: ECDState, f, g, hp: ECDParams, x=None) -> ECDState:
 
     if hp.conserve_energy:
         target = momentum_sq(hp.method, energy, gv)
-        # A discrete step can climb above the turning point (target < 0): the
-        # walker stops there and E is reset to its value at rest.
-        stopped = target < 0
+        # A discrete step can land above the turning point (target < 0): the
+        # walker stops there (pi = 0) and slides back; E is kept, never raised.
         target = target.clamp_min(0)
-        energy = torch.where(stopped, hamiltonian(hp.method, gv, torch.zeros_like(gv)), energy)
         has_p = p2 > 0
         factor = torch.where(has_p, torch.sqrt(target / p2.clamp_min(1e-300)),
                              torch.zeros_like(p2))
@@ -460,3 +467,28 @@ def _push_pair(state: QuenchState, f, g, x, clear_on_rise: bool) -> QuenchState:
 def max_force(g: torch.Tensor) -> torch.Tensor:
     """Largest atomic force norm per walker, (W, N, 3) -> (W,)."""
     return torch.linalg.vector_norm(g, dim=-1).flatten(1).amax(1)
+
+
+# --- masks over whole states ------------------------------------------------------------
+
+def where(mask: torch.Tensor, a, b):
+    """Per walker: the rows of state ``a`` where mask (W,) is set, else ``b``'s."""
+    out = {}
+    for field in fields(b):
+        va, vb = getattr(a, field.name), getattr(b, field.name)
+        if isinstance(vb, torch.Tensor):
+            out[field.name] = torch.where(_bcast(mask, vb), va, vb)
+    return dataclasses.replace(b, **out)
+
+
+def put_rows(state, rows: torch.Tensor, other):
+    """``state`` with walkers ``rows`` (indices) replaced by the walkers of ``other``
+    (a state of len(rows) walkers)."""
+    out = {}
+    for field in fields(state):
+        value = getattr(state, field.name)
+        if isinstance(value, torch.Tensor):
+            value = value.clone()
+            value[rows] = getattr(other, field.name).to(value.dtype)
+            out[field.name] = value
+    return dataclasses.replace(state, **out)

@@ -54,13 +54,15 @@ class PySCFCalculator(Calculator):
     conv_tol, max_cycle, grid_level: SCF options; scf_options: more attributes set
         on the SCF object (e.g. {'diis_space': 12}).
     use_gpu: None picks gpu4pyscf when it and a CUDA device are present.
+    warm_start: start each SCF from the previous geometry's density (False: a
+        fresh initial guess every time, for comparison).
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
 
     def __init__(self, method="hf", basis="sto-3g", charge=0, spin=0, density_fit=False,
                  conv_tol=1e-10, max_cycle=100, grid_level=3, scf_options=None,
-                 use_gpu=None, **kwargs):
+                 use_gpu=None, warm_start=True, **kwargs):
         super().__init__(**kwargs)
         gto, _, dft = _import_pyscf()
         self.method = str(method).lower()
@@ -83,6 +85,7 @@ class PySCFCalculator(Calculator):
         self.conv_tol, self.max_cycle, self.grid_level = conv_tol, max_cycle, grid_level
         self.scf_options = dict(scf_options or {})
         self.use_gpu = _gpu_available() if use_gpu is None else bool(use_gpu)
+        self.warm_start = bool(warm_start)
         self.scanner = None
         self.scf_cycles: list[int] = []     # SCF iterations of each geometry
 
@@ -141,7 +144,7 @@ class PySCFCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         mol = self.build_mol(self.atoms)
-        if self.scanner is None:
+        if self.scanner is None or not self.warm_start:
             self.scanner = self._make_scanner(mol)
         energy, gradient = self.scanner(mol)
         mf = self._scf_of(self.scanner)
@@ -177,7 +180,8 @@ class PySCFCalculator(Calculator):
         return dict(method=self.method, basis=self.basis, charge=self.charge, spin=self.spin,
                     density_fit=self.density_fit, conv_tol=self.conv_tol,
                     max_cycle=self.max_cycle, grid_level=self.grid_level,
-                    scf_options=self.scf_options, use_gpu=self.use_gpu)
+                    scf_options=self.scf_options, use_gpu=self.use_gpu,
+                    warm_start=self.warm_start)
 
     def batch_model(self) -> ASELoopModel:
         """The batched interface: one calculator, hence one warm scanner, per walker."""

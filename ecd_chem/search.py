@@ -1,0 +1,470 @@
+"""ConformerSearch: many ECD walkers find the low minima of a molecule or cluster.
+
+Each walker alternates two modes, all walkers advancing together through one
+batched evaluation per step (one ANI forward pass for W walkers):
+
+* **excursion** -- ECD (BBI by default) from the walker's home minimum with an
+  extra energy dE: energy conservation lets it climb at most dE above home, so
+  it crosses every barrier lower than that; bounces every ``bounce_every`` steps
+  make the path chaotic. Near low V the walker slows down, so its lowest point
+  after the first third of the excursion is a good place to look for a basin.
+* **quench** -- batched L-BFGS from that lowest point down to ``quench_fmax``.
+
+Every quenched minimum is checked (molecules: same bond topology as the input,
+else it is discarded) and deduplicated (molecules: RMSD after alignment with
+permutations of topologically equivalent atoms, plus an energy gate; clusters:
+energy and sorted pair distances). Walker policy: the walker moves home to the
+new minimum when it is lower; its dE grows by ``energy_growth`` whenever it
+lands in an already known minimum (it needs more energy to get out) and shrinks
+when it finds a new one or breaks a bond. Force calls of both modes, the final
+refinement and the very first evaluation all count against ``max_force_calls``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from . import dynamics as ecd
+from .calculators.base import Evaluator, as_batch_model
+from .structures import (KCAL_PER_MOL, atomic_write, boltzmann_weights, bond_graph,
+                         CartesianSpace, TorsionSpace, cluster_fingerprint, equivalence_classes,
+                         rmsd, same_topology,
+                         write_ensemble)
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Minimum:
+    positions: np.ndarray     # (N, 3) Angstrom
+    energy: float             # eV
+    found_at: int             # force calls spent when first found
+    visits: int = 1
+    refined: bool = False
+
+
+@dataclass
+class SearchResult:
+    """conformers: ascending energy, each with info energy (eV), rank,
+    relative_kcal_mol and boltzmann_weight; best: the lowest; force_calls: every
+    energy+force evaluation used (ecd_calls + quench_calls + refine_calls)."""
+
+    conformers: list[Atoms]
+    force_calls: int
+    ecd_calls: int
+    quench_calls: int
+    refine_calls: int
+    minima_found: int
+    wall_time_s: float
+    history: list = field(default_factory=list)   # (force_calls, lowest energy) per new best
+
+    @property
+    def best(self) -> Atoms:
+        return self.conformers[0]
+
+    def write(self, path, format=None) -> None:
+        """Write the ensemble; format from the extension (xyz, extxyz, traj, pdb, ...)."""
+        write_ensemble(path, self.conformers, format=format)
+
+
+class ConformerSearch:
+    """Find the lowest minima of ``atoms`` with ECD walkers.
+
+    atoms: the input structure (molecule or atomic cluster).
+    calculator: any ASE calculator, a BatchCalculator (ANI, LJ) or a BatchModel;
+        None uses ``atoms.calc``.
+    walkers: W, walkers advanced together.
+    max_force_calls: hard budget of energy+force evaluations, everything included.
+    seed: the search's random generator (start perturbations, momenta, bounces).
+    starts: optional list of starting structures (e.g. RDKit conformers), used
+        round-robin for the walkers; otherwise walker 0 starts at ``atoms`` and the
+        others at ``atoms`` rattled by ``start_rattle`` (A).
+    kind: 'molecule', 'cluster' or 'auto' (cluster when all atoms are one element).
+    excursion_energy: initial dE above home (eV; default 0.3 for molecules,
+        3.0 for clusters), adapted per walker between /4 and x8.
+    excursion_steps, dt, gap, bounce_every, method, eta: the ECD excursion.
+        Molecules with rotatable bonds move in torsion space instead, with
+        ``torsion_dt`` and at most ``torsion_max_step`` radians per torsion and step.
+    harvest_after: fraction of the excursion after which its lowest point is sought.
+    quench_fmax, refine_fmax (eV/A): quench and final refinement thresholds.
+    energy_window (kcal/mol): conformers kept above the lowest.
+    energy_tolerance (kcal/mol), rmsd_threshold (A): duplicates are closer in both.
+    temperature (K): Boltzmann weights.
+    target_energy: stop as soon as a minimum at or below it is found (benchmarks).
+    checkpoint: JSON path written atomically every ``checkpoint_every`` steps; an
+        existing one is resumed.
+    """
+
+    def __init__(self, atoms: Atoms, calculator=None, walkers: int = 8,
+                 max_force_calls: int = 5000, seed: int = 0, *, starts=None, kind="auto",
+                 excursion_energy=None, excursion_steps=None, energy_growth=1.5,
+                 harvest_after=1 / 3, dt=0.1, gap=None, bounce_every=10,
+                 torsion_dt=0.3, torsion_max_step=0.35, method="bbi", eta=1.0, max_step=0.2,
+                 quench_fmax=None, quench_steps=500, refine_fmax=None,
+                 energy_window=6.0, energy_tolerance=0.05, rmsd_threshold=0.125,
+                 temperature=298.15, start_rattle=0.1, target_energy=None,
+                 checkpoint=None, checkpoint_every=25, refine_reserve=0.1):
+        if atoms is None or len(atoms) < 2:
+            raise ValueError("ConformerSearch needs a structure of at least 2 atoms")
+        if not np.isfinite(atoms.positions).all():
+            raise ValueError("atom positions must be finite numbers")
+        if int(walkers) < 1:
+            raise ValueError(f"walkers must be >= 1, got {walkers}")
+        calculator = calculator if calculator is not None else atoms.calc
+        if calculator is None:
+            raise ValueError("ConformerSearch needs a calculator (or atoms.calc)")
+        if int(max_force_calls) < 2 * int(walkers):
+            raise ValueError(f"max_force_calls={max_force_calls} cannot pay for one step of "
+                             f"{walkers} walkers (needs at least {2 * int(walkers)})")
+        if kind == "auto":
+            kind = "cluster" if len(set(atoms.numbers)) == 1 else "molecule"
+        if kind not in ("molecule", "cluster"):
+            raise ValueError(f"kind must be 'molecule', 'cluster' or 'auto', got {kind!r}")
+        for name, value in (("energy_window", energy_window), ("rmsd_threshold", rmsd_threshold),
+                            ("energy_tolerance", energy_tolerance)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        cluster = kind == "cluster"
+        self.atoms = atoms.copy()
+        self.atoms.calc = None
+        self.kind = kind
+        self.model = as_batch_model(calculator)
+        self.model.check(self.atoms)
+        self.W = int(walkers)
+        self.max_force_calls = int(max_force_calls)
+        self.seed = int(seed)
+        self.starts = starts
+        self.start_rattle = start_rattle
+        self.excursion_energy = excursion_energy or (3.0 if cluster else 0.3)
+        self.excursion_steps = int(excursion_steps or (40 if cluster else 30))
+        self.energy_growth = energy_growth
+        self.harvest_after = float(harvest_after)
+        self.hp = ecd.ECDParams(method=method, dt=dt, eta=eta, gap=gap or (1.0 if cluster else 0.5),
+                                bounce_every=bounce_every, fixed_bounces=10 ** 9,
+                                max_step=max_step)
+        self.qp = ecd.QuenchParams(memory=30, max_step=max_step)
+        self.quench_fmax = quench_fmax or (0.01 if cluster else 0.05)
+        self.quench_steps = int(quench_steps)
+        self.refine_fmax = refine_fmax or (1e-3 if cluster else 0.01)
+        self.energy_window = energy_window * KCAL_PER_MOL
+        self.energy_tolerance = energy_tolerance * KCAL_PER_MOL
+        self.rmsd_threshold = rmsd_threshold
+        self.temperature = temperature
+        self.target_energy = target_energy
+        self.checkpoint = checkpoint
+        self.checkpoint_every = int(checkpoint_every)
+        self.refine_reserve = refine_reserve
+        self.topology = None if cluster else bond_graph(self.atoms)
+        # molecules explore in torsion space, where conformers differ and no
+        # stiff bond limits the step; clusters (and rigid molecules) in Cartesians
+        torsions = None if cluster else TorsionSpace(self.topology)
+        self.space = torsions if torsions is not None and torsions.count else CartesianSpace()
+        if isinstance(self.space, TorsionSpace):
+            self.hp = dataclasses.replace(self.hp, dt=torsion_dt, max_step=torsion_max_step)
+        self.classes = (np.zeros(len(atoms), int) if cluster
+                        else equivalence_classes(self.atoms.numbers, self.topology))
+        self.evaluate = Evaluator(self.model, self.atoms)
+
+    # -- archive of minima ------------------------------------------------------------------
+    def _same(self, a: Minimum, positions, energy, energy_gate) -> bool:
+        if abs(a.energy - energy) > energy_gate:
+            return False
+        if self.kind == "cluster":
+            diff = np.abs(cluster_fingerprint(a.positions) - cluster_fingerprint(positions))
+            return diff.max() < self.rmsd_threshold
+        return rmsd(a.positions, positions, self.classes) < self.rmsd_threshold
+
+    def _archive(self, positions, energy) -> tuple[bool, int]:
+        """Add a minimum unless known; (is_new, index). Loose energy gate during
+        the search (quenches are loose); the final dedup uses energy_tolerance."""
+        gate = 10 * self.energy_tolerance
+        for i, known in enumerate(self.minima):
+            if self._same(known, positions, energy, gate):
+                known.visits += 1
+                if energy < known.energy:
+                    known.positions, known.energy = positions.copy(), energy
+                return False, i
+        self.minima.append(Minimum(positions.copy(), float(energy), self.calls))
+        if not self.history or energy < self.history[-1][1]:
+            self.history.append((self.calls, float(energy)))
+        return True, len(self.minima) - 1
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def calls(self) -> int:
+        return self.evaluate.calls
+
+    def _start_positions(self) -> torch.Tensor:
+        rng = np.random.default_rng(self.seed)
+        if self.starts:
+            frames = [np.asarray(s.positions, float) for s in self.starts]
+            for s in self.starts:
+                if list(s.numbers) != list(self.atoms.numbers):
+                    raise ValueError("every start structure must have the input's atoms in order")
+            x = [frames[w % len(frames)] for w in range(self.W)]
+        else:
+            x = [self.atoms.positions + (rng.normal(0, self.start_rattle, self.atoms.positions.shape)
+                                         if w else 0.0) for w in range(self.W)]
+        return torch.tensor(np.stack(x))
+
+    def _fresh(self):
+        self.minima: list[Minimum] = []
+        self.history: list = []
+        self.ecd_calls = self.quench_calls = self.refine_calls = 0
+        self.rng = torch.Generator().manual_seed(self.seed)
+        x = self._start_positions()
+        f, g = self._safe(self.evaluate(x))
+        self.quench_calls += self.W
+        q = self.space.initial(x)
+        self.walkers = ecd.init(q, f, self.space.gradient(x, g), self.hp, rng=self.rng)
+        self.quench = ecd.quench_init(x, f, g, self.qp)
+        # Cartesian geometry and gradient of each walker, now and at its lowest point
+        self.cart, self.cart_g = x.clone(), g.clone()
+        self.best_cart, self.best_cart_g = x.clone(), g.clone()
+        self.exploring = torch.zeros(self.W, dtype=torch.bool)
+        self.home_x, self.home_f, self.home_g = x.clone(), f.clone(), g.clone()
+        self.energy = torch.full((self.W,), float(self.excursion_energy), dtype=torch.float64)
+        self.iteration = 0
+
+    @staticmethod
+    def _safe(fg):
+        """Replace non-finite results by +inf energy / zero gradient and flag them."""
+        f, g = fg
+        bad = ~torch.isfinite(f) | ~torch.isfinite(g).flatten(1).all(1)
+        f = torch.where(bad, torch.full_like(f, float("inf")), f)
+        g = torch.where(bad[:, None, None], torch.zeros_like(g), g)
+        return f, g
+
+    # -- walker transitions -----------------------------------------------------------------------
+    def _start_excursions(self, rows: list[int]):
+        if not rows:
+            return
+        idx = torch.tensor(rows)
+        fresh = []
+        for w in rows:
+            hp = dataclasses.replace(self.hp, delta_energy=float(self.energy[w]))
+            x, f, g = self.home_x[w:w + 1], self.home_f[w:w + 1], self.home_g[w:w + 1]
+            state = ecd.init(self.space.initial(x), f, self.space.gradient(x, g), hp, rng=self.rng)
+            fresh.append(ecd.bounce(state, torch.tensor([True])))   # random direction at a minimum
+        merged = fresh[0] if len(fresh) == 1 else dataclasses.replace(fresh[0], **{
+            f.name: torch.cat([getattr(s, f.name) for s in fresh])
+            for f in dataclasses.fields(fresh[0]) if f.name != "rng"})
+        self.walkers = ecd.put_rows(self.walkers, idx, merged)
+        for name, value in (("cart", self.home_x), ("cart_g", self.home_g),
+                            ("best_cart", self.home_x), ("best_cart_g", self.home_g)):
+            getattr(self, name)[idx] = value[idx]
+        self.exploring[idx] = True
+
+    def _start_quenches(self, rows: list[int], x, f, g):
+        if not rows:
+            return
+        idx = torch.tensor(rows)
+        self.quench = ecd.put_rows(self.quench, idx, ecd.quench_init(x, f, g, self.qp))
+        self.exploring[idx] = False
+
+    def _finish_quench(self, w: int):
+        """Walker w's quench ended: check, archive, update its home and energy."""
+        x = self.quench.x[w].numpy()
+        f = float(self.quench.f[w])
+        lo, hi = self.excursion_energy / 4, self.excursion_energy * 8
+        if not math.isfinite(f):
+            return
+        if self.topology is not None:
+            probe = self.atoms.copy()
+            probe.positions = x
+            if not same_topology(bond_graph(probe), self.topology):
+                self.energy[w] = max(lo, float(self.energy[w]) / self.energy_growth)
+                return
+        is_new, _ = self._archive(x, f)
+        grow = 1 / self.energy_growth ** 0.5 if is_new else self.energy_growth
+        self.energy[w] = min(hi, max(lo, float(self.energy[w]) * grow))
+        if f < float(self.home_f[w]) - 1e-9 or not math.isfinite(float(self.home_f[w])):
+            self.home_x[w], self.home_f[w], self.home_g[w] = self.quench.x[w], f, self.quench.g[w]
+
+    # -- main loop ------------------------------------------------------------------------------------
+    def _done(self) -> bool:
+        if self.target_energy is not None and self.minima:
+            return min(m.energy for m in self.minima) <= self.target_energy
+        return False
+
+    def run(self) -> SearchResult:
+        t0 = time.perf_counter()
+        if self.checkpoint and os.path.exists(self.checkpoint):
+            self._load(self.checkpoint)
+        else:
+            self._fresh()
+        main_budget = self.max_force_calls - int(self.refine_reserve * self.max_force_calls)
+        burn = max(1, min(self.excursion_steps, round(self.harvest_after * self.excursion_steps)))
+        while self.calls + self.W <= main_budget and not self._done():
+            proposed = ecd.propose(self.walkers, self.hp)
+            stepped = ecd.quench_propose(self.quench, self.qp)
+            moved = self.space.move(self.cart, proposed.x - self.walkers.x)
+            x = torch.where(self.exploring[:, None, None], moved, stepped.x)
+            f, g = self._safe(self.evaluate(x))
+            n_explore = int(self.exploring.sum())
+            self.ecd_calls += n_explore
+            self.quench_calls += self.W - n_explore
+            failed = torch.isinf(f)
+            walked = ecd.absorb(proposed, f, self.space.gradient(x, g), self.hp)
+            quenched = ecd.quench_absorb(stepped.replace(x=x), f, g)
+            improved = self.exploring & (f < self.walkers.best_f)
+            self.best_cart = torch.where(improved[:, None, None], x, self.best_cart)
+            self.best_cart_g = torch.where(improved[:, None, None], g, self.best_cart_g)
+            self.cart = torch.where(self.exploring[:, None, None], x, self.cart)
+            self.cart_g = torch.where(self.exploring[:, None, None], g, self.cart_g)
+            self.walkers = ecd.where(self.exploring, walked, self.walkers)
+            self.quench = ecd.where(~self.exploring, quenched, self.quench)
+            self.iteration += 1
+
+            # a failed evaluation sends the walker back home to start over
+            failed_rows = [int(w) for w in torch.nonzero(failed).flatten()]
+            steps = self.walkers.steps
+            # from the harvest point on, the lowest point is looked for afresh
+            b = self.walkers
+            restart = self.exploring & (steps == burn)
+            self.walkers = ecd.where(restart, b.replace(best_x=b.x, best_f=b.f, best_g=b.g), b)
+            self.best_cart = torch.where(restart[:, None, None], self.cart, self.best_cart)
+            self.best_cart_g = torch.where(restart[:, None, None], self.cart_g, self.best_cart_g)
+            ended = [w for w in range(self.W) if self.exploring[w] and w not in failed_rows
+                     and int(steps[w]) >= self.excursion_steps]
+            converged = ecd.max_force(self.quench.g) < self.quench_fmax
+            settled = [w for w in range(self.W) if not self.exploring[w] and w not in failed_rows
+                       and (bool(converged[w]) or int(self.quench.steps[w]) >= self.quench_steps)]
+            for w in settled:
+                self._finish_quench(w)
+            if ended:
+                idx = torch.tensor(ended)
+                self._start_quenches(ended, self.best_cart[idx], self.walkers.best_f[idx],
+                                     self.best_cart_g[idx])
+            self._start_excursions(settled + failed_rows)
+            if self.checkpoint and self.iteration % self.checkpoint_every == 0:
+                self._save(self.checkpoint)
+        result = self._finalize(time.perf_counter() - t0)
+        if self.checkpoint:
+            self._save(self.checkpoint)
+        return result
+
+    # -- refinement and ranking -------------------------------------------------------------------------
+    def _refine(self, chosen: list[Minimum]):
+        """Batched L-BFGS of the chosen minima to refine_fmax, within the budget."""
+        pending = [m for m in chosen if not m.refined]
+        if not pending:
+            return
+        x = torch.tensor(np.stack([m.positions for m in pending]))
+        if self.calls + len(pending) > self.max_force_calls:
+            return
+        f, g = self._safe(self.evaluate(x))
+        self.refine_calls += len(pending)
+        state = ecd.quench_init(x, f, g, self.qp)
+        active = ecd.max_force(state.g) >= self.refine_fmax
+        for _ in range(self.quench_steps):
+            n = int(active.sum())
+            if n == 0 or self.calls + n > self.max_force_calls:
+                break
+            idx = torch.nonzero(active).flatten()
+            sub = ecd.quench_propose(state, self.qp)
+            xs = sub.x[idx]
+            fs, gs = self._safe(self.evaluate(xs))
+            self.refine_calls += n
+            stepped = ecd.quench_absorb(sub, *self._scatter(sub, idx, fs, gs))
+            state = ecd.where(active, stepped, state)
+            active = active & (ecd.max_force(state.g) >= self.refine_fmax) & torch.isfinite(state.f)
+        for k, m in enumerate(pending):
+            if torch.isfinite(state.f[k]):
+                m.positions, m.energy = state.x[k].numpy().copy(), float(state.f[k])
+                m.refined = not bool(active[k])
+
+    @staticmethod
+    def _scatter(state, idx, fs, gs):
+        f = state.f.clone()
+        g = state.g.clone()
+        f[idx], g[idx] = fs, gs
+        return f, g
+
+    def _finalize(self, wall) -> SearchResult:
+        if not self.minima:
+            raise RuntimeError("the search found no minimum within its budget")
+        lowest = min(m.energy for m in self.minima)
+        window = sorted((m for m in self.minima if m.energy <= lowest + self.energy_window),
+                        key=lambda m: m.energy)
+        self._refine(window)
+        kept: list[Minimum] = []
+        for m in sorted(window, key=lambda m: m.energy):
+            if self.topology is not None:
+                probe = self.atoms.copy()
+                probe.positions = m.positions
+                if not same_topology(bond_graph(probe), self.topology):
+                    continue
+            if not any(self._same(k, m.positions, m.energy, self.energy_tolerance) for k in kept):
+                kept.append(m)
+        lowest = kept[0].energy
+        kept = [m for m in kept if m.energy <= lowest + self.energy_window]
+        weights = boltzmann_weights([m.energy for m in kept], self.temperature)
+        conformers = []
+        for rank, (m, w) in enumerate(zip(kept, weights), 1):
+            atoms = self.atoms.copy()
+            atoms.positions = m.positions
+            atoms.info.update(energy=m.energy, rank=rank, boltzmann_weight=float(w),
+                              relative_kcal_mol=(m.energy - lowest) / KCAL_PER_MOL,
+                              found_at_force_call=m.found_at, refined=m.refined)
+            conformers.append(atoms)
+        return SearchResult(conformers=conformers, force_calls=self.calls,
+                            ecd_calls=self.ecd_calls, quench_calls=self.quench_calls,
+                            refine_calls=self.refine_calls, minima_found=len(self.minima),
+                            wall_time_s=wall, history=list(self.history))
+
+    # -- checkpoint -----------------------------------------------------------------------------------------
+    def _save(self, path):
+        data = {
+            "version": CHECKPOINT_VERSION, "symbols": self.atoms.get_chemical_symbols(),
+            "walkers": self.W, "calls": self.calls, "iteration": self.iteration,
+            "ecd_calls": self.ecd_calls, "quench_calls": self.quench_calls,
+            "refine_calls": self.refine_calls, "history": self.history,
+            "minima": [{"positions": m.positions.tolist(), "energy": m.energy,
+                        "found_at": m.found_at, "visits": m.visits, "refined": m.refined}
+                       for m in self.minima],
+            "ecd": self.walkers.to_dict(), "quench": self.quench.to_dict(),
+            "exploring": self.exploring.tolist(), "home_x": self.home_x.tolist(),
+            "home_f": self.home_f.tolist(), "home_g": self.home_g.tolist(),
+            "energy": self.energy.tolist(),
+            **{name: getattr(self, name).tolist()
+               for name in ("cart", "cart_g", "best_cart", "best_cart_g")},
+        }
+
+        def write_to(tmp):
+            with open(tmp, "w") as fh:
+                json.dump(data, fh, allow_nan=True)
+        atomic_write(path, write_to)
+
+    def _load(self, path):
+        with open(path) as fh:
+            data = json.load(fh)
+        if data.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint {path} has an unknown format version")
+        if data["symbols"] != self.atoms.get_chemical_symbols() or data["walkers"] != self.W:
+            raise ValueError(f"checkpoint {path} belongs to another molecule or walker count")
+        self.evaluate.calls = data["calls"]
+        self.iteration = data["iteration"]
+        self.ecd_calls, self.quench_calls = data["ecd_calls"], data["quench_calls"]
+        self.refine_calls = data["refine_calls"]
+        self.history = [tuple(h) for h in data["history"]]
+        self.minima = [Minimum(np.array(m["positions"]), m["energy"], m["found_at"],
+                               m["visits"], m["refined"]) for m in data["minima"]]
+        self.walkers = ecd.ECDState.from_dict(data["ecd"])
+        self.rng = self.walkers.rng
+        self.quench = ecd.QuenchState.from_dict(data["quench"])
+        self.exploring = torch.tensor(data["exploring"], dtype=torch.bool)
+        self.home_x = torch.tensor(data["home_x"], dtype=torch.float64)
+        self.home_f = torch.tensor(data["home_f"], dtype=torch.float64)
+        self.home_g = torch.tensor(data["home_g"], dtype=torch.float64)
+        self.energy = torch.tensor(data["energy"], dtype=torch.float64)
+        for name in ("cart", "cart_g", "best_cart", "best_cart_g"):
+            setattr(self, name, torch.tensor(data[name], dtype=torch.float64))
