@@ -107,7 +107,7 @@ class ConformerSearch:
                  max_force_calls: int = 5000, seed: int = 0, *, starts=None, kind="auto",
                  excursion_energy=None, excursion_steps=None, energy_growth=1.5,
                  harvest_after=1 / 3, dt=0.1, gap=None, bounce_every=10,
-                 torsion_dt=0.3, torsion_max_step=0.35, method="bbi", eta=1.0, max_step=0.2,
+                 torsion_dt=0.3, torsion_max_step=0.35, home_policy="lower", method="bbi", eta=1.0, max_step=0.2,
                  quench_fmax=None, quench_steps=500, refine_fmax=None,
                  energy_window=6.0, energy_tolerance=0.05, rmsd_threshold=0.125,
                  temperature=298.15, start_rattle=0.1, target_energy=None,
@@ -147,6 +147,9 @@ class ConformerSearch:
         self.excursion_steps = int(excursion_steps or (40 if cluster else 30))
         self.energy_growth = energy_growth
         self.harvest_after = float(harvest_after)
+        if home_policy not in ("lower", "follow", "window"):
+            raise ValueError(f"home_policy must be 'lower', 'follow' or 'window', got {home_policy!r}")
+        self.home_policy = home_policy
         self.hp = ecd.ECDParams(method=method, dt=dt, eta=eta, gap=gap or (1.0 if cluster else 0.5),
                                 bounce_every=bounce_every, fixed_bounces=10 ** 9,
                                 max_step=max_step)
@@ -286,7 +289,10 @@ class ConformerSearch:
         is_new, _ = self._archive(x, f)
         grow = 1 / self.energy_growth ** 0.5 if is_new else self.energy_growth
         self.energy[w] = min(hi, max(lo, float(self.energy[w]) * grow))
-        if f < float(self.home_f[w]) - 1e-9 or not math.isfinite(float(self.home_f[w])):
+        home = float(self.home_f[w])
+        moves = {"lower": f < home - 1e-9, "follow": True,
+                 "window": f < home + 0.5 * float(self.energy[w])}[self.home_policy]
+        if moves or not math.isfinite(home):
             self.home_x[w], self.home_f[w], self.home_g[w] = self.quench.x[w], f, self.quench.g[w]
 
     # -- main loop ------------------------------------------------------------------------------------
@@ -391,7 +397,13 @@ class ConformerSearch:
 
     def _finalize(self, wall) -> SearchResult:
         if not self.minima:
-            raise RuntimeError("the search found no minimum within its budget")
+            # the budget ended before any quench did: keep the lowest point seen
+            # (refinement below may still converge it; info["refined"] says)
+            k = int(torch.argmin(self.quench.f))
+            if not torch.isfinite(self.quench.f[k]):
+                raise RuntimeError("no finite energy was obtained within the budget")
+            self.minima.append(Minimum(self.quench.x[k].numpy().copy(), float(self.quench.f[k]),
+                                       self.calls))
         lowest = min(m.energy for m in self.minima)
         window = sorted((m for m in self.minima if m.energy <= lowest + self.energy_window),
                         key=lambda m: m.energy)

@@ -1,0 +1,210 @@
+"""ConformerSearch: global minima, conformers, dedup, budget, checkpoints, faults."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+from ase.io import read
+from scipy.spatial.transform import Rotation
+
+from ecd_chem import ConformerSearch
+from ecd_chem.potentials import LennardJonesModel, random_cluster
+from ecd_chem.structures import (bond_graph, cluster_fingerprint, equivalence_classes,
+                                 rmsd)
+
+from pathlib import Path
+
+MOLECULES = Path(__file__).resolve().parent.parent / "molecules"
+LJ13 = -44.326801
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lj13_global_minimum(seed):
+    """Budget 10,000 force calls, 4 walkers: found for every seed tried here."""
+    result = ConformerSearch(random_cluster(13, seed=seed), walkers=4, max_force_calls=10_000,
+                             seed=seed, target_energy=LJ13 + 1e-3).run()
+    assert result.best.info["energy"] == pytest.approx(LJ13, abs=1e-3)
+    assert result.force_calls <= 10_000
+
+
+def test_butane_anti_and_gauche_with_anti_lowest(ani):
+    atoms = read(MOLECULES / "n-butane.xyz")
+    result = ConformerSearch(atoms, ani, walkers=8, max_force_calls=1000, seed=0).run()
+    dihedrals = [c.get_dihedral(0, 1, 2, 3) % 360 for c in result.conformers]
+    anti = [abs(d - 180) < 20 for d in dihedrals]
+    gauche = [min(abs(d - 60), abs(d - 300)) < 25 for d in dihedrals]
+    assert anti[0], "the lowest conformer must be anti"
+    assert any(gauche)
+    energies = [c.info["energy"] for c in result.conformers]
+    assert energies == sorted(energies)
+    assert 0.3 < result.conformers[gauche.index(True)].info["relative_kcal_mol"] < 1.5
+
+
+def test_ethanediol_hydrogen_bonded_gauche_is_lowest(ani):
+    atoms = read(MOLECULES / "1,2-ethanediol.xyz")
+    result = ConformerSearch(atoms, ani, walkers=8, max_force_calls=1500, seed=0).run()
+    best = result.best
+    occo = best.get_dihedral(0, 1, 2, 3) % 360
+    assert min(abs(occo - 60), abs(occo - 300)) < 25
+    symbols = best.get_chemical_symbols()
+    d = best.get_all_distances()
+    oxygens = [i for i, s in enumerate(symbols) if s == "O"]
+    # an O-H hydrogen pointing at the other oxygen
+    hbond = min(d[h, o] for h in range(len(best)) if symbols[h] == "H"
+                for o in oxygens if d[h, [p for p in oxygens if p != o][0]] < 1.1)
+    assert hbond < 2.5
+    assert any(c.info["relative_kcal_mol"] > 1.0 for c in result.conformers)
+
+
+# -- deduplication ---------------------------------------------------------------------------------
+
+def test_rmsd_ignores_rotation_translation_and_equivalent_permutations():
+    atoms = read(MOLECULES / "n-butane.xyz")
+    classes = equivalence_classes(atoms.numbers, bond_graph(atoms))
+    moved = atoms.positions @ Rotation.from_euler("xyz", [40, -70, 15], degrees=True).as_matrix().T
+    moved = moved + np.array([3.0, -1.0, 7.0])
+    hydrogens_of_c0 = [i for i in np.flatnonzero(bond_graph(atoms)[0]) if atoms.numbers[i] == 1]
+    perm = np.arange(len(atoms))
+    perm[hydrogens_of_c0] = np.roll(hydrogens_of_c0, 1)          # rotate the methyl's labels
+    assert rmsd(atoms.positions, moved[perm], classes) < 1e-6
+    assert rmsd(atoms.positions, moved[perm], None) > 0.3       # plain RMSD is fooled
+
+
+def test_distinct_conformers_stay_apart(ani):
+    atoms = read(MOLECULES / "n-butane.xyz")
+    result = ConformerSearch(atoms, ani, walkers=8, max_force_calls=1000, seed=0).run()
+    classes = equivalence_classes(atoms.numbers, bond_graph(atoms))
+    for i, a in enumerate(result.conformers):
+        for b in result.conformers[i + 1:]:
+            assert rmsd(a.positions, b.positions, classes) > 0.125
+
+
+def test_equivalence_classes_find_methyl_hydrogens():
+    ethanol = molecule("CH3CH2OH")
+    classes = equivalence_classes(ethanol.numbers, bond_graph(ethanol))
+    methyl = [i for i in np.flatnonzero(bond_graph(ethanol)[1]) if ethanol.numbers[i] == 1]
+    assert len({classes[i] for i in methyl}) == 1
+    assert len(set(classes)) < len(ethanol)
+
+
+def test_cluster_fingerprint_invariant():
+    x = random_cluster(13, seed=0).positions
+    rot = Rotation.from_euler("zyx", [10, 20, 30], degrees=True).as_matrix()
+    y = (x @ rot.T + 5.0)[np.random.default_rng(0).permutation(13)]
+    assert np.allclose(cluster_fingerprint(x), cluster_fingerprint(y))
+
+
+# -- budget, output ----------------------------------------------------------------------------------
+
+class CountingLJ(LennardJonesModel):
+    def __init__(self):
+        super().__init__()
+        self.geometries = 0
+
+    def evaluate(self, atoms, positions):
+        self.geometries += positions.shape[0]
+        return super().evaluate(atoms, positions)
+
+
+@pytest.mark.parametrize("budget", [16, 101, 777])
+def test_force_call_budget_is_never_exceeded(budget):
+    model = CountingLJ()
+    result = ConformerSearch(random_cluster(13, seed=3), model, walkers=8,
+                             max_force_calls=budget, seed=0).run()
+    assert model.geometries == result.force_calls <= budget
+    assert result.force_calls == result.ecd_calls + result.quench_calls + result.refine_calls
+
+
+def test_write_xyz_sorted_with_energies(tmp_path, ani):
+    atoms = read(MOLECULES / "n-butane.xyz")
+    result = ConformerSearch(atoms, ani, walkers=4, max_force_calls=600, seed=1).run()
+    path = tmp_path / "conformers.xyz"
+    result.write(path)
+    frames = read(path, ":")
+    assert len(frames) == len(result.conformers)
+    comments = path.read_text().splitlines()[1]
+    assert comments.startswith("rank=1 energy_eV=") and "relative_kcal_mol=0.0000" in comments
+    weights = [c.info["boltzmann_weight"] for c in result.conformers]
+    assert abs(sum(weights) - 1) < 1e-9 and weights[0] == max(weights)
+    result.write(tmp_path / "conformers.traj")
+    assert len(read(tmp_path / "conformers.traj", ":")) == len(frames)
+
+
+# -- checkpoint and faults ----------------------------------------------------------------------------
+
+class KilledAfter(LennardJonesModel):
+    """Simulates a kill: raises KeyboardInterrupt once ``limit`` geometries were evaluated."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit, self.seen = limit, 0
+
+    def evaluate(self, atoms, positions):
+        self.seen += positions.shape[0]
+        if self.seen > self.limit:
+            raise KeyboardInterrupt
+        return super().evaluate(atoms, positions)
+
+
+def test_resume_after_kill_keeps_every_minimum(tmp_path):
+    path = tmp_path / "search.json"
+    kwargs = dict(walkers=4, max_force_calls=3000, seed=5, checkpoint=str(path),
+                  checkpoint_every=5)
+    with pytest.raises(KeyboardInterrupt):
+        ConformerSearch(random_cluster(19, seed=1), KilledAfter(1500), **kwargs).run()
+    saved = json.loads(path.read_text())
+    assert saved["minima"] and saved["calls"] <= 1500
+    search = ConformerSearch(random_cluster(19, seed=1), LennardJonesModel(), **kwargs)
+    result = search.run()
+    found = [m.energy for m in search.minima]
+    for m in saved["minima"]:
+        assert min(abs(m["energy"] - e) for e in found) < 1e-3 or m["energy"] >= min(found)
+        assert any(np.allclose(m["positions"], k.positions) or abs(m["energy"] - k.energy) < 1e-6
+                   for k in search.minima)
+    assert result.force_calls <= 3000 and result.force_calls > saved["calls"]
+
+
+class NaNWalker(LennardJonesModel):
+    """Walker 1's evaluations fail every third call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def evaluate(self, atoms, positions):
+        energy, forces = super().evaluate(atoms, positions)
+        self.calls += 1
+        if positions.shape[0] > 1 and self.calls % 3 == 0:
+            energy[1] = float("nan")
+        return energy, forces
+
+
+def test_failing_walker_is_restarted_and_the_search_goes_on():
+    result = ConformerSearch(random_cluster(13, seed=0), NaNWalker(), walkers=4,
+                             max_force_calls=3000, seed=0).run()
+    assert result.force_calls > 2000
+    assert np.isfinite([c.info["energy"] for c in result.conformers]).all()
+    assert result.best.info["energy"] < -40
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(walkers=0), "walkers"),
+    (dict(max_force_calls=3), "cannot pay"),
+    (dict(kind="gas"), "kind"),
+])
+def test_bad_search_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ConformerSearch(random_cluster(7, seed=0), **kwargs)
+
+
+def test_one_atom_is_rejected():
+    atoms = random_cluster(7, seed=0)[:1]
+    with pytest.raises(ValueError, match="at least 2 atoms"):
+        ConformerSearch(atoms, LennardJonesModel())
+
+
+def test_unsupported_element_fails_before_any_work(ani):
+    atoms = molecule("CH3Cl")
+    with pytest.raises(ValueError, match="Cl"):
+        ConformerSearch(atoms, ani)
