@@ -16,6 +16,7 @@ setup: $(BIN)/ecd-chem
 
 demo: setup
 	$(BIN)/python examples/optimize_ethanol.py demo-output
+	$(BIN)/python examples/search_butane.py demo-output
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -34,7 +34,7 @@ from ase import Atoms
 
 from . import dynamics as ecd
 from .calculators.base import Evaluator, as_batch_model
-from .structures import (KCAL_PER_MOL, atomic_write, boltzmann_weights, bond_graph,
+from .structures import (KCAL_PER_MOL, InputError, check_atoms, atomic_write, boltzmann_weights, bond_graph,
                          CartesianSpace, TorsionSpace, cluster_fingerprint, equivalence_classes,
                          rmsd, same_topology,
                          write_ensemble)
@@ -88,8 +88,10 @@ class ConformerSearch:
         round-robin for the walkers; otherwise walker 0 starts at ``atoms`` and the
         others at ``atoms`` rattled by ``start_rattle`` (A).
     kind: 'molecule', 'cluster' or 'auto' (cluster when all atoms are one element).
-    excursion_energy: initial dE above home (eV; default 0.3 for molecules,
-        3.0 for clusters), adapted per walker between /4 and x8.
+    excursion_energy: initial dE above home, adapted per walker between /4 and x8.
+        Defaults: 0.3 eV for molecules; 15 for clusters, in the units of LJ with
+        epsilon = 1 (scale it with the binding energy per atom for other potentials).
+    gap: initial height of the walker above its floor (molecules 0.5 eV, clusters 4).
     excursion_steps, dt, gap, bounce_every, method, eta: the ECD excursion.
         Molecules with rotatable bonds move in torsion space instead, with
         ``torsion_dt`` and at most ``torsion_max_step`` radians per torsion and step.
@@ -113,9 +115,8 @@ class ConformerSearch:
                  temperature=298.15, start_rattle=0.1, target_energy=None,
                  checkpoint=None, checkpoint_every=25, refine_reserve=0.1):
         if atoms is None or len(atoms) < 2:
-            raise ValueError("ConformerSearch needs a structure of at least 2 atoms")
-        if not np.isfinite(atoms.positions).all():
-            raise ValueError("atom positions must be finite numbers")
+            raise InputError("ConformerSearch needs a structure of at least 2 atoms")
+        check_atoms(atoms)
         if int(walkers) < 1:
             raise ValueError(f"walkers must be >= 1, got {walkers}")
         calculator = calculator if calculator is not None else atoms.calc
@@ -143,14 +144,14 @@ class ConformerSearch:
         self.seed = int(seed)
         self.starts = starts
         self.start_rattle = start_rattle
-        self.excursion_energy = excursion_energy or (3.0 if cluster else 0.3)
-        self.excursion_steps = int(excursion_steps or (40 if cluster else 30))
+        self.excursion_energy = excursion_energy or (15.0 if cluster else 0.3)
+        self.excursion_steps = int(excursion_steps or (60 if cluster else 30))
         self.energy_growth = energy_growth
         self.harvest_after = float(harvest_after)
         if home_policy not in ("lower", "follow", "window"):
             raise ValueError(f"home_policy must be 'lower', 'follow' or 'window', got {home_policy!r}")
         self.home_policy = home_policy
-        self.hp = ecd.ECDParams(method=method, dt=dt, eta=eta, gap=gap or (1.0 if cluster else 0.5),
+        self.hp = ecd.ECDParams(method=method, dt=dt, eta=eta, gap=gap or (4.0 if cluster else 0.5),
                                 bounce_every=bounce_every, fixed_bounces=10 ** 9,
                                 max_step=max_step)
         self.qp = ecd.QuenchParams(memory=30, max_step=max_step)
@@ -307,6 +308,24 @@ class ConformerSearch:
             self._load(self.checkpoint)
         else:
             self._fresh()
+        try:
+            self._explore()
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM: keep what was found (checkpoint), let the caller
+            # write current_result(), then stop
+            if self.checkpoint:
+                self._save(self.checkpoint)
+            raise
+        result = self._finalize(time.perf_counter() - t0)
+        if self.checkpoint:
+            self._save(self.checkpoint)
+        return result
+
+    def current_result(self) -> SearchResult:
+        """The minima found so far, ranked, without refinement (after an interruption)."""
+        return self._finalize(0.0, refine=False)
+
+    def _explore(self):
         main_budget = self.max_force_calls - int(self.refine_reserve * self.max_force_calls)
         burn = max(1, min(self.excursion_steps, round(self.harvest_after * self.excursion_steps)))
         while self.calls + self.W <= main_budget and not self._done():
@@ -353,10 +372,6 @@ class ConformerSearch:
             self._start_excursions(settled + failed_rows)
             if self.checkpoint and self.iteration % self.checkpoint_every == 0:
                 self._save(self.checkpoint)
-        result = self._finalize(time.perf_counter() - t0)
-        if self.checkpoint:
-            self._save(self.checkpoint)
-        return result
 
     # -- refinement and ranking -------------------------------------------------------------------------
     def _refine(self, chosen: list[Minimum]):
@@ -395,7 +410,7 @@ class ConformerSearch:
         f[idx], g[idx] = fs, gs
         return f, g
 
-    def _finalize(self, wall) -> SearchResult:
+    def _finalize(self, wall, refine=True) -> SearchResult:
         if not self.minima:
             # the budget ended before any quench did: keep the lowest point seen
             # (refinement below may still converge it; info["refined"] says)
@@ -407,7 +422,8 @@ class ConformerSearch:
         lowest = min(m.energy for m in self.minima)
         window = sorted((m for m in self.minima if m.energy <= lowest + self.energy_window),
                         key=lambda m: m.energy)
-        self._refine(window)
+        if refine:
+            self._refine(window)
         kept: list[Minimum] = []
         for m in sorted(window, key=lambda m: m.energy):
             if self.topology is not None:

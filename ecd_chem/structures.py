@@ -23,6 +23,71 @@ from ase.units import kcal, mol
 KCAL_PER_MOL = kcal / mol          # eV
 
 
+class InputError(ValueError):
+    """A structure or setting the user gave cannot be used; the message says why."""
+
+
+def read_structure(path) -> Atoms:
+    """The one place that reads an input structure (anything ase.io.read reads:
+    xyz, extxyz, sdf/mol, pdb, traj); the first frame. Raises InputError with a
+    one-line reason for a missing, empty or malformed file or unusable atoms."""
+    from ase.io import read
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{path}: the file is empty")
+    try:
+        atoms = read(path, index=0)
+    except Exception as err:          # ASE raises many kinds for malformed files
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"{path}: cannot read a structure ({reason})") from None
+    check_atoms(atoms, path)
+    return atoms
+
+
+def check_atoms(atoms: Atoms, where: str = "input") -> None:
+    """Reject structures no calculation should start from."""
+    if len(atoms) == 0:
+        raise InputError(f"{where}: no atoms")
+    if not np.isfinite(atoms.positions).all():
+        raise InputError(f"{where}: coordinates must be finite numbers")
+    if len(atoms) > 1:
+        d = np.linalg.norm(atoms.positions[:, None] - atoms.positions[None], axis=-1)
+        d[np.diag_indices(len(atoms))] = np.inf
+        i, j = np.unravel_index(np.argmin(d), d.shape)
+        if d[i, j] < 0.3:
+            raise InputError(f"{where}: atoms {i + 1} and {j + 1} are {d[i, j]:.3f} A apart "
+                             "(closer than 0.3 A)")
+
+
+def from_smiles(smiles: str, conformers: int = 8, seed: int = 0) -> list[Atoms]:
+    """ETKDG conformers (with hydrogens) of a SMILES string, via RDKit."""
+    try:
+        from rdkit import Chem, RDLogger
+        from rdkit.Chem import AllChem
+    except ImportError:
+        raise InputError("SMILES input needs RDKit: pip install 'ecd-chem[smiles]'") from None
+    RDLogger.DisableLog("rdApp.*")
+    mol = Chem.MolFromSmiles(smiles) if smiles else None
+    if mol is None:
+        raise InputError(f"invalid SMILES: {smiles!r}")
+    mol = Chem.AddHs(mol)
+    params = AllChem.ETKDGv3()
+    params.randomSeed = int(seed)
+    ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=int(conformers), params=params))
+    if not ids:
+        raise InputError(f"RDKit could not embed a 3D structure for {smiles!r}")
+    symbols = [a.GetSymbol() for a in mol.GetAtoms()]
+    frames = []
+    for i in ids:
+        atoms = Atoms(symbols, positions=mol.GetConformer(i).GetPositions())
+        atoms.info["smiles"] = smiles
+        frames.append(atoms)
+    return frames
+
+
 def bond_graph(atoms: Atoms, scale: float = 1.2) -> np.ndarray:
     """(N, N) bool adjacency: bonded when d < scale * (r_cov,i + r_cov,j)."""
     radii = covalent_radii[atoms.numbers]

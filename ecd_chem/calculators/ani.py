@@ -26,8 +26,11 @@ _CONSTANTS = "rHCNO-5.2R_16-3.5A_a4-8.params"
 
 
 def _import_torchani():
+    import warnings
     try:
-        import torchani
+        with warnings.catch_warnings():   # "cuaev not installed", pkg_resources deprecation
+            warnings.simplefilter("ignore")
+            import torchani
     except ImportError as err:  # pragma: no cover - torchani is a hard dependency
         raise ImportError("ANI needs torchani 2.2.4: pip install 'torchani==2.2.4' "
                           "'setuptools<81'") from err

@@ -73,7 +73,10 @@ class PySCFCalculator(Calculator):
                 raise ValueError(f"unknown PySCF method {method!r}: not 'hf', 'mp2' or an "
                                  "exchange-correlation functional libxc knows") from err
         try:
-            gto.basis.load(basis, "H") if isinstance(basis, str) else None
+            import warnings
+            with warnings.catch_warnings():   # PySCF suggests an online basis library
+                warnings.simplefilter("ignore")
+                gto.basis.load(basis, "H") if isinstance(basis, str) else None
         except Exception as err:
             raise ValueError(f"unknown basis set {basis!r}") from err
         if int(spin) < 0:

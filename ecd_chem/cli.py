@@ -1,0 +1,245 @@
+"""``ecd-chem``: optimize, conformers, export. Thin over ECDOpt and ConformerSearch.
+
+Exit status: 0 done; 2 bad input or usage (one line on stderr, no traceback);
+130 after Ctrl-C or SIGTERM, once everything found so far is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+EXAMPLES = {
+    "optimize": "example: ecd-chem optimize molecules/ethanol.xyz -o ethanol_min.xyz "
+                "--traj opt.traj --fmax 0.01",
+    "conformers": "example: ecd-chem conformers --smiles 'OCCO' -o conformers.xyz "
+                  "--json summary.json --walkers 8 --max-calls 2000",
+    "export": "example: ecd-chem export opt.traj -o opt.xyz",
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):            # argparse would print usage + exit 2 itself
+        raise UsageError(message)
+
+
+def positive(kind):
+    def convert(text):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def add_calculator_options(p):
+    g = p.add_argument_group("calculator")
+    g.add_argument("--calc", choices=["ani1x", "ani1ccx", "pyscf", "emt", "lj"], default="ani1x")
+    g.add_argument("--method", default="b3lyp", help="PySCF method (hf, mp2, any functional)")
+    g.add_argument("--basis", default="def2-svp", help="PySCF basis set")
+    g.add_argument("--charge", type=int, default=0)
+    g.add_argument("--spin", type=int, default=0, help="2S for PySCF")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def build_parser():
+    parser = Parser(prog="ecd-chem", description="Energy-Conserving Descent for molecules.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("optimize", help="relax a structure with ECDOpt",
+                       epilog=EXAMPLES["optimize"])
+    p.add_argument("input")
+    p.add_argument("-o", "--output", help="final structure (default INPUT-stem_opt.xyz)")
+    p.add_argument("--traj", help="trajectory file (.traj, .xyz, .extxyz)")
+    p.add_argument("--fmax", type=positive(float), default=0.05, help="eV/A")
+    p.add_argument("--steps", type=positive(int), default=1000)
+    add_calculator_options(p)
+
+    p = sub.add_parser("conformers", help="conformer / global-minimum search",
+                       epilog=EXAMPLES["conformers"])
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("input", nargs="?")
+    source.add_argument("--smiles")
+    p.add_argument("-o", "--output", default="conformers.xyz")
+    p.add_argument("--json", help="machine-readable summary")
+    p.add_argument("--walkers", type=positive(int), default=8)
+    p.add_argument("--max-calls", type=positive(int), default=5000)
+    p.add_argument("--ewin", type=positive(float), default=6.0, help="energy window, kcal/mol")
+    p.add_argument("--rmsd", type=positive(float), default=0.125, help="duplicate RMSD, A")
+    p.add_argument("--temperature", type=float, default=298.15, help="K, Boltzmann weights")
+    p.add_argument("--checkpoint", help="resume from / save to this JSON file")
+    add_calculator_options(p)
+
+    p = sub.add_parser("export", help="convert a trajectory or ensemble",
+                       epilog=EXAMPLES["export"])
+    p.add_argument("input")
+    p.add_argument("-o", "--output", required=True, help="format from the extension")
+    return parser
+
+
+def make_calculator(args, atoms):
+    from .calculators import ANICalculator, PySCFCalculator
+    if args.calc in ("ani1x", "ani1ccx"):
+        calc = ANICalculator(args.calc, device=args.device)
+    elif args.calc == "pyscf":
+        calc = PySCFCalculator(args.method, args.basis, charge=args.charge, spin=args.spin)
+    elif args.calc == "emt":
+        from ase.calculators.emt import EMT
+        calc = EMT()
+    else:
+        from .potentials import LennardJones
+        calc = LennardJones()
+    check = getattr(calc, "check", None) or getattr(getattr(calc, "model", None), "check", None)
+    if check:
+        check(atoms)                  # unsupported element, impossible spin: before any work
+    return calc
+
+
+def check_output(path):
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"output directory does not exist: {directory}")
+    if not os.access(directory, os.W_OK):
+        raise UsageError(f"output directory is not writable: {directory}")
+
+
+def cmd_optimize(args):
+    from ase.io import write
+    from . import ECDOpt
+    from .structures import atomic_write, read_structure
+    atoms = read_structure(args.input)
+    output = args.output or os.path.splitext(os.path.basename(args.input))[0] + "_opt.xyz"
+    for path in filter(None, (output, args.traj)):
+        check_output(path)
+    atoms.calc = make_calculator(args, atoms)
+    traj = args.traj if args.traj and args.traj.endswith(".traj") else None
+    opt = ECDOpt(atoms, logfile=None if args.quiet else "-", trajectory=traj, seed=args.seed)
+    frames = []
+    if args.traj and not traj:
+        opt.attach(lambda: frames.append(atoms.copy()), interval=1)
+    try:
+        converged = opt.run(fmax=args.fmax, steps=args.steps)
+    finally:
+        opt.close()
+        if frames:
+            atomic_write(args.traj, lambda tmp: write(tmp, frames))
+        atomic_write(output, lambda tmp: write(tmp, atoms))
+    if not args.quiet:
+        print(f"{'converged' if converged else 'NOT converged'}: E = "
+              f"{atoms.get_potential_energy():.6f} eV, {opt.nsteps + 1} force calls "
+              f"(ECD {opt.ecd_calls}, quench {opt.quench_calls}); wrote {output}",
+              file=sys.stderr)
+    return 0 if converged else 1
+
+
+def summary(args, atoms, result, search, wall):
+    return {
+        "input": args.input or {"smiles": args.smiles},
+        "calculator": {"name": args.calc, "device": args.device, **(
+            {"method": args.method, "basis": args.basis, "charge": args.charge,
+             "spin": args.spin} if args.calc == "pyscf" else {})},
+        "search": {"walkers": args.walkers, "max_force_calls": args.max_calls,
+                   "energy_window_kcal_mol": args.ewin, "rmsd_threshold_A": args.rmsd,
+                   "temperature_K": args.temperature, "kind": search.kind},
+        "seed": args.seed,
+        "atoms": len(atoms), "formula": atoms.get_chemical_formula(),
+        "force_calls": result.force_calls,
+        "force_calls_split": {"ecd": result.ecd_calls, "quench": result.quench_calls,
+                              "refine": result.refine_calls},
+        "wall_time_s": wall,
+        "conformers": [{"rank": c.info["rank"], "energy_eV": c.info["energy"],
+                        "relative_kcal_mol": c.info["relative_kcal_mol"],
+                        "boltzmann_weight": c.info["boltzmann_weight"], "frame": i}
+                       for i, c in enumerate(result.conformers)],
+    }
+
+
+def cmd_conformers(args):
+    from . import ConformerSearch
+    from .structures import atomic_write, from_smiles, read_structure
+    for path in filter(None, (args.output, args.json, args.checkpoint)):
+        check_output(path)
+    if args.smiles is not None:
+        starts = from_smiles(args.smiles, conformers=args.walkers, seed=args.seed)
+        atoms = starts[0]
+    else:
+        atoms, starts = read_structure(args.input), None
+    calc = make_calculator(args, atoms)
+    search = ConformerSearch(atoms, calc, walkers=args.walkers, max_force_calls=args.max_calls,
+                             seed=args.seed, starts=starts, energy_window=args.ewin,
+                             rmsd_threshold=args.rmsd, temperature=args.temperature,
+                             checkpoint=args.checkpoint)
+    t0 = time.perf_counter()
+    interrupted = False
+    try:
+        result = search.run()
+    except KeyboardInterrupt:
+        interrupted = True
+        result = search.current_result()
+    wall = time.perf_counter() - t0
+    result.write(args.output)
+    if args.json:
+        data = summary(args, atoms, result, search, wall)
+        data["interrupted"] = interrupted
+        atomic_write(args.json, lambda tmp: open(tmp, "w").write(json.dumps(data, indent=1)))
+    if not args.quiet:
+        print(f"{len(result.conformers)} conformers, lowest {result.best.info['energy']:.6f} eV, "
+              f"{result.force_calls} force calls (ECD {result.ecd_calls}, quench "
+              f"{result.quench_calls}, refine {result.refine_calls}); wrote {args.output}",
+              file=sys.stderr)
+    return 130 if interrupted else 0
+
+
+def cmd_export(args):
+    from ase.io import read, write
+    from .structures import InputError, atomic_write
+    if not os.path.isfile(args.input):
+        raise InputError(f"{args.input}: no such file")
+    check_output(args.output)
+    try:
+        frames = read(args.input, ":")
+    except Exception as err:
+        raise InputError(f"{args.input}: cannot read ({str(err).splitlines()[0]})") from None
+    ext = os.path.splitext(args.output)[1]
+    try:
+        atomic_write(args.output, lambda tmp: write(tmp, frames))
+    except Exception as err:
+        raise InputError(f"cannot write {ext or args.output!r}: {err}") from None
+    return 0
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    import warnings
+    if not os.environ.get("ECD_CHEM_WARNINGS"):      # library chatter off stderr
+        warnings.simplefilter("ignore")
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        args = build_parser().parse_args(argv)
+        handler = {"optimize": cmd_optimize, "conformers": cmd_conformers,
+                   "export": cmd_export}[args.command]
+        return handler(args)
+    except KeyboardInterrupt:
+        print("ecd-chem: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, ValueError, OSError, ImportError, RuntimeError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"ecd-chem: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""ecd-chem through a subprocess, as a user runs it."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ase.io import read
+
+ROOT = Path(__file__).resolve().parent.parent
+ETHANOL = str(ROOT / "molecules" / "ethanol.xyz")
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ecd_chem.cli", *args], capture_output=True,
+                          text=True, timeout=600, cwd=cwd)
+
+
+def test_optimize_writes_structure_and_trajectory(tmp_path):
+    out, traj = tmp_path / "min.xyz", tmp_path / "opt.traj"
+    run = cli("optimize", ETHANOL, "-o", str(out), "--traj", str(traj), "--fmax", "0.01",
+              "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+    final = read(out)
+    frames = read(traj, ":")
+    assert len(final) == 9 and len(frames) >= 2
+
+
+def test_optimize_xyz_trajectory_and_export(tmp_path):
+    traj = tmp_path / "opt.xyz"
+    assert cli("optimize", ETHANOL, "-o", str(tmp_path / "m.xyz"), "--traj", str(traj),
+               "--calc", "ani1x", "--quiet").returncode == 0
+    frames = read(traj, ":")
+    for ext in ("extxyz", "traj", "pdb"):
+        out = tmp_path / f"exported.{ext}"
+        run = cli("export", str(traj), "-o", str(out))
+        assert run.returncode == 0, run.stderr
+        assert len(read(out, ":")) == len(frames)
+
+
+def test_conformers_from_file_with_json_summary(tmp_path):
+    out, summary = tmp_path / "conf.xyz", tmp_path / "summary.json"
+    run = cli("conformers", str(ROOT / "molecules" / "n-butane.xyz"), "-o", str(out),
+              "--json", str(summary), "--walkers", "8", "--max-calls", "1000", "--quiet")
+    assert run.returncode == 0, run.stderr
+    data = json.loads(summary.read_text())
+    for key in ("input", "calculator", "search", "seed", "force_calls", "wall_time_s",
+                "conformers"):
+        assert key in data
+    energies = [c["energy_eV"] for c in data["conformers"]]
+    assert energies == sorted(energies) and len(energies) >= 2
+    assert data["force_calls"] <= 1000
+    assert abs(sum(c["boltzmann_weight"] for c in data["conformers"]) - 1) < 1e-9
+    frames = read(out, ":")
+    assert len(frames) == len(energies)
+    assert [c["frame"] for c in data["conformers"]] == list(range(len(frames)))
+
+
+def test_conformers_from_smiles(tmp_path):
+    out = tmp_path / "diol.xyz"
+    run = cli("conformers", "--smiles", "OCCO", "-o", str(out), "--max-calls", "800",
+              "--walkers", "4", "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert read(out, ":")[0].get_chemical_formula() == "C2H6O2"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["optimize", "missing.xyz"], "no such file"),
+    (["conformers", "--smiles", "C1CC("], "invalid SMILES"),
+    (["optimize", ETHANOL, "--fmax", "0"], "must be > 0"),
+    (["conformers", ETHANOL, "--walkers", "-2"], "must be > 0"),
+    (["optimize", ETHANOL, "-o", "/nonexistent-dir/x.xyz"], "does not exist"),
+    (["optimize", ETHANOL, "--calc", "pyscf", "--charge", "1"], "impossible"),
+    (["optimize", ETHANOL, "--calc", "pyscf", "--basis", "nonsense-basis"], "unknown basis"),
+    (["optimize", ETHANOL, "--calc", "pyscf", "--method", "b3lypp"], "unknown PySCF method"),
+    (["optimize", ETHANOL, "--device", "cuda"], "CUDA"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_one_line_exit_2(args, message, tmp_path):
+    if args[-1] == "cuda":
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA: the error cannot occur")
+    run = cli(*args, cwd=tmp_path)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in run.stderr
+    assert os.listdir(tmp_path) == []                   # no partial output left behind
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "empty"),
+    ("3\ncomment\nO 0 0 0\nH 0 0 x\n", "cannot read"),
+    ("2\ncomment\nQq 0 0 0\nH 0 0 1\n", "cannot read"),
+    ("2\ncomment\nH 0 0 0\nH 0 0 0.1\n", "closer than 0.3"),
+    ("2\ncomment\nH 0 0 nan\nH 0 0 1\n", "finite"),
+])
+def test_bad_structure_files(content, message, tmp_path):
+    path = tmp_path / "bad.xyz"
+    path.write_text(content)
+    run = cli("optimize", str(path), "-o", str(tmp_path / "out.xyz"))
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.xyz").exists()
+
+
+def test_element_outside_ani_model(tmp_path):
+    path = tmp_path / "mecl.xyz"
+    path.write_text("2\n\nC 0 0 0\nCl 0 0 1.78\n")
+    run = cli("optimize", str(path), "-o", str(tmp_path / "o.xyz"))
+    assert run.returncode == 2 and "Cl" in run.stderr and "supported" in run.stderr
+
+
+def test_help_has_worked_examples():
+    for command in ("optimize", "conformers", "export"):
+        run = cli(command, "--help")
+        assert run.returncode == 0 and "example: ecd-chem" in run.stdout
