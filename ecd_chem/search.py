@@ -49,6 +49,7 @@ class Minimum:
     found_at: int             # force calls spent when first found
     visits: int = 1
     refined: bool = False
+    gradient: np.ndarray | None = None   # (N, 3) eV/A at positions, so refining needs no re-evaluation
 
 
 @dataclass
@@ -186,7 +187,7 @@ class ConformerSearch:
             return diff.max() < self.rmsd_threshold
         return rmsd(a.positions, positions, self.classes) < self.rmsd_threshold
 
-    def _archive(self, positions, energy) -> tuple[bool, int]:
+    def _archive(self, positions, energy, gradient) -> tuple[bool, int]:
         """Add a minimum unless known; (is_new, index). Loose energy gate during
         the search (quenches are loose); the final dedup uses energy_tolerance."""
         gate = 10 * self.energy_tolerance
@@ -195,8 +196,10 @@ class ConformerSearch:
                 known.visits += 1
                 if energy < known.energy:
                     known.positions, known.energy = positions.copy(), energy
+                    known.gradient = gradient.copy()
                 return False, i
-        self.minima.append(Minimum(positions.copy(), float(energy), self.calls))
+        self.minima.append(Minimum(positions.copy(), float(energy), self.calls,
+                                   gradient=gradient.copy()))
         if not self.history or energy < self.history[-1][1]:
             self.history.append((self.calls, float(energy)))
         return True, len(self.minima) - 1
@@ -287,7 +290,7 @@ class ConformerSearch:
             if not same_topology(bond_graph(probe), self.topology):
                 self.energy[w] = max(lo, float(self.energy[w]) / self.energy_growth)
                 return
-        is_new, _ = self._archive(x, f)
+        is_new, _ = self._archive(x, f, self.quench.g[w].numpy())
         grow = 1 / self.energy_growth ** 0.5 if is_new else self.energy_growth
         self.energy[w] = min(hi, max(lo, float(self.energy[w]) * grow))
         home = float(self.home_f[w])
@@ -380,10 +383,8 @@ class ConformerSearch:
         if not pending:
             return
         x = torch.tensor(np.stack([m.positions for m in pending]))
-        if self.calls + len(pending) > self.max_force_calls:
-            return
-        f, g = self._safe(self.evaluate(x))
-        self.refine_calls += len(pending)
+        f = torch.tensor([m.energy for m in pending], dtype=torch.float64)
+        g = torch.tensor(np.stack([m.gradient for m in pending]))
         state = ecd.quench_init(x, f, g, self.qp)
         active = ecd.max_force(state.g) >= self.refine_fmax
         for _ in range(self.quench_steps):
@@ -418,7 +419,7 @@ class ConformerSearch:
             if not torch.isfinite(self.quench.f[k]):
                 raise RuntimeError("no finite energy was obtained within the budget")
             self.minima.append(Minimum(self.quench.x[k].numpy().copy(), float(self.quench.f[k]),
-                                       self.calls))
+                                       self.calls, gradient=self.quench.g[k].numpy().copy()))
         lowest = min(m.energy for m in self.minima)
         window = sorted((m for m in self.minima if m.energy <= lowest + self.energy_window),
                         key=lambda m: m.energy)
@@ -457,8 +458,8 @@ class ConformerSearch:
             "ecd_calls": self.ecd_calls, "quench_calls": self.quench_calls,
             "refine_calls": self.refine_calls, "history": self.history,
             "minima": [{"positions": m.positions.tolist(), "energy": m.energy,
-                        "found_at": m.found_at, "visits": m.visits, "refined": m.refined}
-                       for m in self.minima],
+                        "found_at": m.found_at, "visits": m.visits, "refined": m.refined,
+                        "gradient": m.gradient.tolist()} for m in self.minima],
             "ecd": self.walkers.to_dict(), "quench": self.quench.to_dict(),
             "exploring": self.exploring.tolist(), "home_x": self.home_x.tolist(),
             "home_f": self.home_f.tolist(), "home_g": self.home_g.tolist(),
@@ -485,7 +486,8 @@ class ConformerSearch:
         self.refine_calls = data["refine_calls"]
         self.history = [tuple(h) for h in data["history"]]
         self.minima = [Minimum(np.array(m["positions"]), m["energy"], m["found_at"],
-                               m["visits"], m["refined"]) for m in data["minima"]]
+                               m["visits"], m["refined"], np.array(m["gradient"]))
+                       for m in data["minima"]]
         self.walkers = ecd.ECDState.from_dict(data["ecd"])
         self.rng = self.walkers.rng
         self.quench = ecd.QuenchState.from_dict(data["quench"])
