@@ -177,8 +177,10 @@ def etkdg_reference(atoms, smiles, count, seed=0, fmax=0.01, max_steps=500):
         for _ in range(max_steps):
             if not bool(active.any()):
                 break
+            idx = torch.nonzero(active).flatten()
             stepped = ecd.quench_propose(state)
-            f, g = evaluate(stepped.x)          # inactive rows evaluated but not counted
+            f, g = stepped.f.clone(), stepped.g.clone()
+            f[idx], g[idx] = evaluate(stepped.x[idx])     # only the unconverged rows
             state = ecd.where(active, ecd.quench_absorb(stepped, f, g), state)
             used += active.long()
             active = active & (ecd.max_force(state.g) >= fmax)
@@ -229,7 +231,8 @@ def molecule_benchmark(names, count, budget, walkers):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lj", type=int, nargs="*", default=[13, 19, 26, 38])
+    parser.add_argument("--lj", type=int, nargs="*", default=[13, 19, 26, 38],
+                        help="cluster sizes; give none to skip")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--seeds-large", type=int, default=2, help="runs for LJ26 and LJ38")
     parser.add_argument("--walkers", type=int, default=4)
