@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import signal
 import sys
 import time
@@ -129,11 +130,11 @@ def cmd_optimize(args):
         opt.attach(lambda: frames.append(atoms.copy()), interval=1)
     try:
         converged = opt.run(fmax=args.fmax, steps=args.steps)
-    finally:
+    finally:                          # the frames so far are kept, also after a failure
         opt.close()
         if frames:
             atomic_write(args.traj, lambda tmp: write(tmp, frames))
-        atomic_write(output, lambda tmp: write(tmp, atoms))
+    atomic_write(output, lambda tmp: write(tmp, atoms))
     if not args.quiet:
         print(f"{'converged' if converged else 'NOT converged'}: E = "
               f"{atoms.get_potential_energy():.6f} eV, {opt.nsteps + 1} force calls "
@@ -191,7 +192,7 @@ def cmd_conformers(args):
     if args.json:
         data = summary(args, atoms, result, search, wall)
         data["interrupted"] = interrupted
-        atomic_write(args.json, lambda tmp: open(tmp, "w").write(json.dumps(data, indent=1)))
+        atomic_write(args.json, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(data, indent=1)))
     if not args.quiet:
         print(f"{len(result.conformers)} conformers, lowest {result.best.info['energy']:.6f} eV, "
               f"{result.force_calls} force calls (ECD {result.ecd_calls}, quench "
