@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from ase.build import molecule
 from ase.io import read
 from scipy.spatial.transform import Rotation
