@@ -172,18 +172,9 @@ def etkdg_reference(atoms, smiles, count, seed=0, fmax=0.01, max_steps=500):
     for chunk in torch.split(x, 256):
         f, g = evaluate(chunk)
         state = ecd.quench_init(chunk, f, g, ecd.QuenchParams(memory=100))
-        used = torch.ones(len(chunk), dtype=torch.long)
-        active = ecd.max_force(state.g) >= fmax
-        for _ in range(max_steps):
-            if not bool(active.any()):
-                break
-            idx = torch.nonzero(active).flatten()
-            stepped = ecd.quench_propose(state)
-            f, g = stepped.f.clone(), stepped.g.clone()
-            f[idx], g[idx] = evaluate(stepped.x[idx])     # only the unconverged rows
-            state = ecd.where(active, ecd.quench_absorb(stepped, f, g), state)
-            used += active.long()
-            active = active & (ecd.max_force(state.g) >= fmax)
+        state, _, steps = ecd.quench_until(state, evaluate, fmax, max_steps,
+                                           ecd.QuenchParams(memory=100))
+        used = steps + 1                        # the starting evaluation counts too
         energies += state.f.tolist()
         calls += used.tolist()
     return np.array(energies), np.array(calls)

@@ -464,6 +464,29 @@ def _push_pair(state: QuenchState, f, g, x, clear_on_rise: bool) -> QuenchState:
     return state.replace(x=x, f=f, g=g, s=s, y=y, steps=state.steps + 1)
 
 
+def quench_until(state: QuenchState, evaluate, fmax: float, max_steps: int,
+                 qp: QuenchParams = QuenchParams(), budget: int | None = None):
+    """Batched L-BFGS until each walker's largest force is below fmax.
+
+    Only unconverged walkers are evaluated (``evaluate(x (n, N, 3)) -> (f, g)``);
+    stops early rather than evaluate more than ``budget`` geometries in all.
+    Returns (state, converged (W,), evaluations per walker (W,)).
+    """
+    active = max_force(state.g) >= fmax
+    used = torch.zeros(len(active), dtype=torch.long)
+    for _ in range(max_steps):
+        idx = torch.nonzero(active).flatten()
+        if len(idx) == 0 or (budget is not None and int(used.sum()) + len(idx) > budget):
+            break
+        stepped = quench_propose(state, qp)
+        f, g = stepped.f.clone(), stepped.g.clone()
+        f[idx], g[idx] = evaluate(stepped.x[idx])
+        used[idx] += 1
+        state = where(active, quench_absorb(stepped, f, g), state)
+        active = active & (max_force(state.g) >= fmax) & torch.isfinite(state.f)
+    return state, ~active, used
+
+
 def max_force(g: torch.Tensor) -> torch.Tensor:
     """Largest atomic force norm per walker, (W, N, 3) -> (W,)."""
     return torch.linalg.vector_norm(g, dim=-1).flatten(1).amax(1)

@@ -386,30 +386,14 @@ class ConformerSearch:
         f = torch.tensor([m.energy for m in pending], dtype=torch.float64)
         g = torch.tensor(np.stack([m.gradient for m in pending]))
         state = ecd.quench_init(x, f, g, self.qp)
-        active = ecd.max_force(state.g) >= self.refine_fmax
-        for _ in range(self.quench_steps):
-            n = int(active.sum())
-            if n == 0 or self.calls + n > self.max_force_calls:
-                break
-            idx = torch.nonzero(active).flatten()
-            sub = ecd.quench_propose(state, self.qp)
-            xs = sub.x[idx]
-            fs, gs = self._safe(self.evaluate(xs))
-            self.refine_calls += n
-            stepped = ecd.quench_absorb(sub, *self._scatter(sub, idx, fs, gs))
-            state = ecd.where(active, stepped, state)
-            active = active & (ecd.max_force(state.g) >= self.refine_fmax) & torch.isfinite(state.f)
+        state, converged, used = ecd.quench_until(
+            state, lambda xs: self._safe(self.evaluate(xs)), self.refine_fmax, self.quench_steps,
+            self.qp, budget=self.max_force_calls - self.calls)
+        self.refine_calls += int(used.sum())
         for k, m in enumerate(pending):
             if torch.isfinite(state.f[k]):
                 m.positions, m.energy = state.x[k].numpy().copy(), float(state.f[k])
-                m.refined = not bool(active[k])
-
-    @staticmethod
-    def _scatter(state, idx, fs, gs):
-        f = state.f.clone()
-        g = state.g.clone()
-        f[idx], g[idx] = fs, gs
-        return f, g
+                m.refined = bool(converged[k])
 
     def _finalize(self, wall, refine=True) -> SearchResult:
         if not self.minima:

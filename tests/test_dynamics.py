@@ -203,3 +203,21 @@ def test_state_roundtrip_through_dict():
     a = run(state, quadratic, hp, 10)
     b = run(clone, quadratic, hp, 10)
     assert torch.equal(a.x, b.x)
+
+
+def test_quench_until_evaluates_only_unconverged_walkers():
+    k = torch.tensor([1.0, 10.0, 100.0], dtype=torch.float64)
+    seen = []
+
+    def stiff(x):
+        seen.append(x.shape[0])
+        return 0.5 * (k * x * x).flatten(1).sum(1), k * x
+
+    x0 = torch.randn(3, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x0[0] = 1e-6                                      # walker 0 starts converged
+    f, g = 0.5 * (k * x0 * x0).flatten(1).sum(1), k * x0
+    state, converged, used = ecd.quench_until(ecd.quench_init(x0, f, g), stiff, 1e-6, 100)
+    assert converged.all() and used[0] == 0 and used[1:].min() > 0
+    assert sum(seen) == int(used.sum()) and max(seen) <= 2
+    state, converged, used = ecd.quench_until(ecd.quench_init(x0, f, g), stiff, 1e-6, 100, budget=7)
+    assert int(used.sum()) <= 7 and not converged.all()
