@@ -26,6 +26,38 @@ class UsageError(Exception):
     pass
 
 
+class Progress:
+    """One self-overwriting status line on stderr, at most ``rate`` redraws per
+    second; silent with --quiet or when stderr is not a terminal."""
+
+    def __init__(self, quiet=False, rate=10.0, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = not quiet and self.stream.isatty()
+        self.period, self.last, self.width = 1 / rate, 0.0, 0
+        self.t0 = time.perf_counter()
+
+    def update(self, text, force=False):
+        now = time.perf_counter()
+        if not self.enabled or (not force and now - self.last < self.period):
+            return
+        self.last = now
+        line = f"{text} | {now - self.t0:.0f} s"
+        self.stream.write("\r" + line.ljust(self.width))
+        self.stream.flush()
+        self.width = len(line)
+
+    def close(self):
+        if self.enabled and self.width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.width = 0
+
+    @staticmethod
+    def bar(fraction, width=24):
+        filled = int(round(max(0.0, min(1.0, fraction)) * width))
+        return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):            # argparse would print usage + exit 2 itself
         raise UsageError(message)
@@ -51,6 +83,8 @@ def add_calculator_options(p):
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw energy against force calls (needs matplotlib)")
 
 
 def build_parser():
@@ -64,6 +98,7 @@ def build_parser():
     p.add_argument("--traj", help="trajectory file (.traj, .xyz, .extxyz)")
     p.add_argument("--fmax", type=positive(float), default=0.05, help="eV/A")
     p.add_argument("--steps", type=positive(int), default=1000)
+    p.add_argument("--log", help="ASE optimizer log, one line per step ('-' for stdout)")
     add_calculator_options(p)
 
     p = sub.add_parser("conformers", help="conformer / global-minimum search",
@@ -114,27 +149,57 @@ def check_output(path):
         raise UsageError(f"output directory is not writable: {directory}")
 
 
+def check_plot(path):
+    if path:
+        if not path.lower().endswith((".png", ".pdf", ".svg")):
+            raise UsageError(f"--plot needs a .png, .pdf or .svg file name, got {path}")
+        check_output(path)
+        from .plot import _pyplot
+        _pyplot()                    # matplotlib missing: say so before any work
+
+
 def cmd_optimize(args):
-    from ase.io import write
+    import numpy as np
+    from ase.calculators.singlepoint import SinglePointCalculator
     from . import ECDOpt
-    from .structures import atomic_write, read_structure
+    from .structures import read_structure, write_structures
     atoms = read_structure(args.input)
     output = args.output or os.path.splitext(os.path.basename(args.input))[0] + "_opt.xyz"
-    for path in filter(None, (output, args.traj)):
+    for path in filter(None, (output, args.traj, None if args.log == "-" else args.log)):
         check_output(path)
+    check_plot(args.plot)
     atoms.calc = make_calculator(args, atoms)
     traj = args.traj if args.traj and args.traj.endswith(".traj") else None
-    opt = ECDOpt(atoms, logfile=None if args.quiet else "-", trajectory=traj, seed=args.seed)
-    frames = []
-    if args.traj and not traj:
-        opt.attach(lambda: frames.append(atoms.copy()), interval=1)
+    opt = ECDOpt(atoms, logfile=args.log, trajectory=traj, seed=args.seed)
+    frames, records = [], []
+    progress = Progress(args.quiet)
+
+    def observe():
+        forces = atoms.get_forces()
+        energy, fmax = atoms.get_potential_energy(), float(np.linalg.norm(forces, axis=1).max())
+        ecd_before = records[-1][4] if records else 0
+        phase = "start" if not records else ("ecd" if opt.ecd_calls > ecd_before else "quench")
+        records.append((opt.nsteps + 1, energy, fmax, phase, opt.ecd_calls))
+        if args.traj and not traj:
+            frame = atoms.copy()
+            frame.calc = SinglePointCalculator(frame, energy=energy, forces=forces)
+            frames.append(frame)
+        progress.update(f"optimize {opt.nsteps + 1} force calls ({phase}) | E {energy:.6f} eV "
+                        f"| max|F| {fmax:.4f} eV/A (target {args.fmax})")
+
+    opt.attach(observe, interval=1)
     try:
         converged = opt.run(fmax=args.fmax, steps=args.steps)
     finally:                          # the frames so far are kept, also after a failure
+        progress.close()
         opt.close()
         if frames:
-            atomic_write(args.traj, lambda tmp: write(tmp, frames))
-    atomic_write(output, lambda tmp: write(tmp, atoms))
+            write_structures(args.traj, frames)
+        if args.plot and len(records) > 1:
+            from .plot import plot_optimization
+            plot_optimization([r[:4] for r in records], args.plot,
+                              title=f"ECDOpt: {os.path.basename(args.input)}")
+    write_structures(output, atoms)
     if not args.quiet:
         print(f"{'converged' if converged else 'NOT converged'}: E = "
               f"{atoms.get_potential_energy():.6f} eV, {opt.nsteps + 1} force calls "
@@ -170,6 +235,7 @@ def cmd_conformers(args):
     from .structures import atomic_write, from_smiles, read_structure
     for path in filter(None, (args.output, args.json, args.checkpoint)):
         check_output(path)
+    check_plot(args.plot)
     if args.smiles is not None:
         starts = from_smiles(args.smiles, conformers=args.walkers, seed=args.seed)
         atoms = starts[0]
@@ -180,6 +246,13 @@ def cmd_conformers(args):
                              seed=args.seed, starts=starts, energy_window=args.ewin,
                              rmsd_threshold=args.rmsd, temperature=args.temperature,
                              checkpoint=args.checkpoint)
+    progress = Progress(args.quiet)
+
+    def report(s):
+        progress.update(f"conformers {progress.bar(s.calls / s.max_force_calls)} {s.calls}/"
+                        f"{s.max_force_calls} force calls | lowest {s.lowest:.6f} eV | "
+                        f"{len(s.minima)} minima")
+    search.attach(report)
     t0 = time.perf_counter()
     interrupted = False
     try:
@@ -187,8 +260,14 @@ def cmd_conformers(args):
     except KeyboardInterrupt:
         interrupted = True
         result = search.current_result()
+    finally:
+        progress.close()
     wall = time.perf_counter() - t0
     result.write(args.output)
+    if args.plot:
+        from .plot import plot_search
+        name = args.smiles or os.path.basename(args.input)
+        plot_search(result, args.plot, title=f"ECD conformer search: {name} ({args.calc})")
     if args.json:
         data = summary(args, atoms, result, search, wall)
         data["interrupted"] = interrupted
@@ -202,20 +281,14 @@ def cmd_conformers(args):
 
 
 def cmd_export(args):
-    from ase.io import read, write
-    from .structures import InputError, atomic_write
-    if not os.path.isfile(args.input):
-        raise InputError(f"{args.input}: no such file")
+    from .structures import InputError, read_structures, write_structures
     check_output(args.output)
-    try:
-        frames = read(args.input, ":")
-    except Exception as err:
-        raise InputError(f"{args.input}: cannot read ({str(err).splitlines()[0]})") from None
+    frames = read_structures(args.input)
     ext = os.path.splitext(args.output)[1]
     try:
-        atomic_write(args.output, lambda tmp: write(tmp, frames))
+        write_structures(args.output, frames)
     except Exception as err:
-        raise InputError(f"cannot write {ext or args.output!r}: {err}") from None
+        raise InputError(f"cannot write {ext or args.output!r}: {str(err).splitlines()[0]}") from None
     return 0
 
 

@@ -66,7 +66,7 @@ class ECDOpt(Optimizer):
                  append_trajectory=False, seed=None, *, method="bbi", dt=0.1, eta=1.0,
                  delta_energy=0.0, gap=1.0, conserve_energy=True, nu=0.0, bounce_every=0,
                  fixed_bounces=0, bounce_patience=0, max_step=0.2, explore_steps=30,
-                 patience=2, maxstep=None, memory=100, **kwargs):
+                 patience=3, maxstep=None, memory=100, **kwargs):
         if _atoms_of(atoms).calc is None:
             raise ValueError("ECDOpt needs atoms with a calculator attached (atoms.calc is None)")
         self.params = ecd.ECDParams(

@@ -66,6 +66,8 @@ class SearchResult:
     minima_found: int
     wall_time_s: float
     history: list = field(default_factory=list)   # (force_calls, lowest energy) per new best
+    trace: list = field(default_factory=list)     # (force_calls, [energy of each walker]) per step
+    kind: str = "molecule"
 
     @property
     def best(self) -> Atoms:
@@ -177,6 +179,20 @@ class ConformerSearch:
         self.classes = (np.zeros(len(atoms), int) if cluster
                         else equivalence_classes(self.atoms.numbers, self.topology))
         self.evaluate = Evaluator(self.model, self.atoms)
+        self.observers: list = []
+
+    def attach(self, function, interval: int = 1) -> None:
+        """Call ``function(search)`` every ``interval`` steps of all walkers
+        (progress bars, custom logging); ``search.calls``, ``search.lowest``
+        and ``search.minima`` describe the progress."""
+        if int(interval) < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        self.observers.append((function, int(interval)))
+
+    @property
+    def lowest(self) -> float:
+        """Lowest minimum energy found so far (eV); inf before the first."""
+        return min((m.energy for m in self.minima), default=float("inf"))
 
     # -- archive of minima ------------------------------------------------------------------
     def _same(self, a: Minimum, positions, energy, energy_gate) -> bool:
@@ -225,6 +241,7 @@ class ConformerSearch:
     def _fresh(self):
         self.minima: list[Minimum] = []
         self.history: list = []
+        self.trace: list = []
         self.ecd_calls = self.quench_calls = self.refine_calls = 0
         self.rng = torch.Generator().manual_seed(self.seed)
         x = self._start_positions()
@@ -351,6 +368,11 @@ class ConformerSearch:
             self.walkers = ecd.where(self.exploring, walked, self.walkers)
             self.quench = ecd.where(~self.exploring, quenched, self.quench)
             self.iteration += 1
+            current = torch.where(self.exploring, self.walkers.f, self.quench.f)
+            self.trace.append((self.calls, [round(float(e), 8) for e in current]))
+            for function, interval in self.observers:
+                if self.iteration % interval == 0:
+                    function(self)
 
             # a failed evaluation sends the walker back home to start over
             failed_rows = [int(w) for w in torch.nonzero(failed).flatten()]
@@ -432,7 +454,8 @@ class ConformerSearch:
         return SearchResult(conformers=conformers, force_calls=self.calls,
                             ecd_calls=self.ecd_calls, quench_calls=self.quench_calls,
                             refine_calls=self.refine_calls, minima_found=len(self.minima),
-                            wall_time_s=wall, history=list(self.history))
+                            wall_time_s=wall, history=list(self.history),
+                            trace=list(self.trace), kind=self.kind)
 
     # -- checkpoint -----------------------------------------------------------------------------------------
     def _save(self, path):
@@ -440,7 +463,7 @@ class ConformerSearch:
             "version": CHECKPOINT_VERSION, "symbols": self.atoms.get_chemical_symbols(),
             "walkers": self.W, "calls": self.calls, "iteration": self.iteration,
             "ecd_calls": self.ecd_calls, "quench_calls": self.quench_calls,
-            "refine_calls": self.refine_calls, "history": self.history,
+            "refine_calls": self.refine_calls, "history": self.history, "trace": self.trace,
             "minima": [{"positions": m.positions.tolist(), "energy": m.energy,
                         "found_at": m.found_at, "visits": m.visits, "refined": m.refined,
                         "gradient": m.gradient.tolist()} for m in self.minima],
@@ -469,6 +492,7 @@ class ConformerSearch:
         self.ecd_calls, self.quench_calls = data["ecd_calls"], data["quench_calls"]
         self.refine_calls = data["refine_calls"]
         self.history = [tuple(h) for h in data["history"]]
+        self.trace = [tuple(t) for t in data.get("trace", [])]
         self.minima = [Minimum(np.array(m["positions"]), m["energy"], m["found_at"],
                                m["visits"], m["refined"], np.array(m["gradient"]))
                        for m in data["minima"]]

@@ -27,10 +27,20 @@ class InputError(ValueError):
     """A structure or setting the user gave cannot be used; the message says why."""
 
 
+SDF_EXTENSIONS = (".sdf", ".sd", ".mol", ".mdl")
+
+
 def read_structure(path) -> Atoms:
     """The one place that reads an input structure (anything ase.io.read reads:
-    xyz, extxyz, sdf/mol, pdb, traj); the first frame. Raises InputError with a
-    one-line reason for a missing, empty or malformed file or unusable atoms."""
+    xyz, extxyz, sdf/mol, pdb, traj); the first frame. SDF/MOL keep their bonds
+    in ``info['bonds']`` and formal charges as initial charges. Raises
+    InputError with a one-line reason for a missing, empty or malformed file or
+    unusable atoms."""
+    return read_structures(path, index=0)[0]
+
+
+def read_structures(path, index=":") -> list[Atoms]:
+    """Every frame (or record, for SDF) of a structure file, each checked."""
     from ase.io import read
 
     path = os.fspath(path)
@@ -39,12 +49,95 @@ def read_structure(path) -> Atoms:
     if os.path.getsize(path) == 0:
         raise InputError(f"{path}: the file is empty")
     try:
-        atoms = read(path, index=0)
+        if path.lower().endswith(SDF_EXTENSIONS):
+            frames = read_sdf(path)
+            frames = frames[:1] if index == 0 else frames
+        else:
+            frames = read(path, index=index)
+            frames = [frames] if isinstance(frames, Atoms) else list(frames)
+    except InputError:
+        raise
     except Exception as err:          # ASE raises many kinds for malformed files
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InputError(f"{path}: cannot read a structure ({reason})") from None
-    check_atoms(atoms, path)
+    if not frames:
+        raise InputError(f"{path}: no structure in the file")
+    for k, atoms in enumerate(frames):
+        check_atoms(atoms, path if len(frames) == 1 else f"{path} record {k + 1}")
+    return frames
+
+
+def read_sdf(path) -> list[Atoms]:
+    """The records of a V2000 SDF/MOL file: title in info['name'], bonds as
+    info['bonds'] = ((i, j, order), ...) with 0-based atoms, formal charges
+    (``M  CHG``) as initial charges, data items in info."""
+    with open(path) as fh:
+        records, lines = [], []
+        for line in fh.read().splitlines():
+            if line.startswith("$$$$"):
+                records.append(lines)
+                lines = []
+            else:
+                lines.append(line)
+        records.append(lines)
+    frames = []
+    for number, lines in enumerate(records, 1):
+        if not any(line.strip() for line in lines):
+            continue
+        try:
+            frames.append(_parse_molblock(lines))
+        except (ValueError, IndexError) as err:
+            raise InputError(f"{path}: record {number} is not a valid V2000 molfile ({err})") from None
+    return frames
+
+
+def _parse_molblock(lines: list[str]) -> Atoms:
+    from ase.data import atomic_numbers
+    counts = lines[3]
+    if "V3000" in counts:
+        raise ValueError("V3000 is not supported; convert to V2000")
+    n_atoms, n_bonds = int(counts[0:3]), int(counts[3:6])
+    if n_atoms < 1:
+        raise ValueError("no atoms")
+    symbols, positions = [], []
+    for line in lines[4:4 + n_atoms]:
+        positions.append([float(line[0:10]), float(line[10:20]), float(line[20:30])])
+        symbol = line[31:34].strip()
+        if symbol not in atomic_numbers:
+            raise ValueError(f"unknown element {symbol!r}")
+        symbols.append(symbol)
+    bonds = []
+    for line in lines[4 + n_atoms:4 + n_atoms + n_bonds]:
+        i, j, order = int(line[0:3]) - 1, int(line[3:6]) - 1, int(line[6:9])
+        if not (0 <= i < n_atoms and 0 <= j < n_atoms):
+            raise ValueError(f"bond to a missing atom: {line.strip()}")
+        bonds.append((i, j, order))
+    charges = np.zeros(n_atoms)
+    rest = lines[4 + n_atoms + n_bonds:]
+    for line in rest:
+        if line.startswith("M  CHG"):
+            fields = line.split()[3:]
+            for a, q in zip(fields[0::2], fields[1::2]):
+                charges[int(a) - 1] = int(q)
+        if line.startswith("M  END"):
+            break
+    atoms = Atoms(symbols, positions=positions, charges=charges)
+    atoms.info["name"] = lines[0].strip()
+    atoms.info["bonds"] = tuple(bonds)
+    for k, line in enumerate(rest):                       # "> <key>" data items
+        if line.startswith(">") and "<" in line and k + 1 < len(rest):
+            key = line[line.index("<") + 1:line.rindex(">")]
+            atoms.info.setdefault(key, _number_or_text(rest[k + 1].strip()))
     return atoms
+
+
+def _number_or_text(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def check_atoms(atoms: Atoms, where: str = "input") -> None:
@@ -80,10 +173,15 @@ def from_smiles(smiles: str, conformers: int = 8, seed: int = 0) -> list[Atoms]:
     if not ids:
         raise InputError(f"RDKit could not embed a 3D structure for {smiles!r}")
     symbols = [a.GetSymbol() for a in mol.GetAtoms()]
+    charges = [a.GetFormalCharge() for a in mol.GetAtoms()]
+    kekule = Chem.Mol(mol)
+    Chem.Kekulize(kekule, clearAromaticFlags=True)        # SDF bond orders 1, 2, 3
+    bonds = tuple((b.GetBeginAtomIdx(), b.GetEndAtomIdx(), int(b.GetBondTypeAsDouble()))
+                  for b in kekule.GetBonds())
     frames = []
     for i in ids:
-        atoms = Atoms(symbols, positions=mol.GetConformer(i).GetPositions())
-        atoms.info["smiles"] = smiles
+        atoms = Atoms(symbols, positions=mol.GetConformer(i).GetPositions(), charges=charges)
+        atoms.info.update(smiles=smiles, bonds=bonds)
         frames.append(atoms)
     return frames
 
@@ -308,26 +406,45 @@ def atomic_write(path, write_to) -> None:
 
 
 def write_ensemble(path, conformers: list[Atoms], format: str | None = None) -> None:
-    """Write conformers (ascending energy) atomically; the format follows the
-    extension (xyz, extxyz, traj, pdb, sdf, ...). For .xyz each comment line
-    carries rank, energy (eV) and relative energy (kcal/mol)."""
-    from ase.io import write
-
-    path = os.fspath(path)
-    ext = (format or os.path.splitext(path)[1].lstrip(".")).lower()
+    """Write conformers (ascending energy, info['energy'] in eV) atomically,
+    each tagged with rank, energy and relative energy (kcal/mol); see
+    :func:`write_structures` for the formats."""
     if not conformers:
         raise ValueError("no conformers to write")
     e0 = conformers[0].info["energy"]
     frames = []
     for rank, atoms in enumerate(conformers, 1):
-        frame = Atoms(atoms.symbols, positions=atoms.positions)
-        frame.info.update({k: v for k, v in atoms.info.items() if np.isscalar(v)})
+        frame = atoms.copy()
+        frame.calc = None
         frame.info.update(rank=rank, energy=float(atoms.info["energy"]),
                           relative_kcal_mol=float((atoms.info["energy"] - e0) / KCAL_PER_MOL))
         frames.append(frame)
+    write_structures(path, frames, format=format)
+
+
+def write_structures(path, frames, format: str | None = None) -> None:
+    """The one place that writes structures, atomically; the format follows the
+    extension: .xyz (frames with a rank get the ensemble comment line
+    ``rank= energy_eV= relative_kcal_mol=``), .sdf/.mol (V2000 with the bonds
+    and formal charges the input had, info as data items), or anything
+    ``ase.io.write`` writes (extxyz, traj, pdb, ...)."""
+    from ase.io import write
+
+    path = os.fspath(path)
+    frames = [frames] if isinstance(frames, Atoms) else list(frames)
+    ext = (format or os.path.splitext(path)[1].lstrip(".")).lower()
+    for k, f in enumerate(frames):
+        if not np.isfinite(f.positions).all():
+            raise ValueError(f"frame {k + 1} has non-finite coordinates; not written")
+
+    def plain(atoms):          # ASE writers take scalar info only
+        copy = Atoms(atoms.symbols, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        copy.info.update({k: v for k, v in atoms.info.items() if np.isscalar(v)})
+        copy.calc = atoms.calc
+        return copy
 
     def write_to(tmp):
-        if ext == "xyz":
+        if ext == "xyz" and all("rank" in f.info for f in frames):
             with open(tmp, "w") as fh:
                 for f in frames:
                     fh.write(f"{len(f)}\n")
@@ -335,6 +452,33 @@ def write_ensemble(path, conformers: list[Atoms], format: str | None = None) -> 
                              f"relative_kcal_mol={f.info['relative_kcal_mol']:.4f}\n")
                     for s, (x, y, z) in zip(f.get_chemical_symbols(), f.positions):
                         fh.write(f"{s:2s} {x:16.10f} {y:16.10f} {z:16.10f}\n")
+        elif ext in ("sdf", "sd", "mol", "mdl"):
+            with open(tmp, "w") as fh:
+                fh.write("".join(_molblock(f) for f in frames))
         else:
-            write(tmp, frames, format=format)
+            write(tmp, [plain(f) for f in frames], format=format)
     atomic_write(path, write_to)
+
+
+def _molblock(atoms: Atoms) -> str:
+    """One V2000 record ending in $$$$."""
+    bonds = atoms.info.get("bonds", ())
+    if len(atoms) > 999 or len(bonds) > 999:
+        raise ValueError("V2000 SDF holds at most 999 atoms and 999 bonds")
+    title = str(atoms.info.get("name") or atoms.get_chemical_formula())
+    lines = [title, "  ecd_chem        3D", "",
+             f"{len(atoms):3d}{len(bonds):3d}  0  0  0  0  0  0  0  0999 V2000"]
+    for s, (x, y, z) in zip(atoms.get_chemical_symbols(), atoms.positions):
+        lines.append(f"{x:10.4f}{y:10.4f}{z:10.4f} {s:<3s} 0  0  0  0  0  0  0  0  0  0  0  0")
+    lines += [f"{i + 1:3d}{j + 1:3d}{order:3d}  0" for i, j, order in bonds]
+    charged = [(k + 1, int(round(q))) for k, q in enumerate(atoms.get_initial_charges())
+               if round(q)]
+    for start in range(0, len(charged), 8):
+        chunk = charged[start:start + 8]
+        lines.append(f"M  CHG{len(chunk):3d}" + "".join(f"{a:4d}{q:4d}" for a, q in chunk))
+    lines.append("M  END")
+    for key in ("rank", "energy", "relative_kcal_mol", "boltzmann_weight", "smiles"):
+        if key in atoms.info:
+            label = "energy_eV" if key == "energy" else key
+            lines += [f">  <{label}>", str(atoms.info[key]), ""]
+    return "\n".join(lines) + "\n$$$$\n"

@@ -117,3 +117,110 @@ def test_help_has_worked_examples():
     for command in ("optimize", "conformers", "export"):
         run = cli(command, "--help")
         assert run.returncode == 0 and "example: ecd-chem" in run.stdout
+
+
+def test_sdf_input_keeps_bonds_in_sdf_output(tmp_path):
+    Chem = pytest.importorskip("rdkit.Chem")
+    from ecd_chem.structures import from_smiles, write_ensemble
+    start = from_smiles("C=CC(=O)O", conformers=1)[0]             # acrylic acid: double bonds
+    start.info["energy"] = 0.0
+    write_ensemble(tmp_path / "in.sdf", [start])
+    out = tmp_path / "conf.sdf"
+    run = cli("conformers", str(tmp_path / "in.sdf"), "-o", str(out), "--max-calls", "600",
+              "--walkers", "4", "--quiet")
+    assert run.returncode == 0, run.stderr
+    mols = [m for m in Chem.SDMolSupplier(str(out), removeHs=False)]
+    assert len(mols) >= 1 and all(m is not None for m in mols)
+    assert {Chem.MolToSmiles(Chem.RemoveHs(m)) for m in mols} == {"C=CC(=O)O"}
+    energies = [float(m.GetProp("energy_eV")) for m in mols]
+    assert energies == sorted(energies)
+    assert [int(m.GetProp("rank")) for m in mols] == list(range(1, len(mols) + 1))
+
+
+def test_smiles_search_writes_sdf_with_bonds(tmp_path):
+    Chem = pytest.importorskip("rdkit.Chem")
+    out = tmp_path / "diol.sdf"
+    run = cli("conformers", "--smiles", "OCCO", "-o", str(out), "--max-calls", "400",
+              "--walkers", "4", "--quiet")
+    assert run.returncode == 0, run.stderr
+    mol = next(iter(Chem.SDMolSupplier(str(out), removeHs=False)))
+    assert mol.GetNumBonds() == 9 and Chem.MolToSmiles(Chem.RemoveHs(mol)) == "OCCO"
+
+
+def test_plots_are_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "opt.png"
+    run = cli("optimize", ETHANOL, "-o", str(tmp_path / "m.xyz"), "--plot", str(png), "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = tmp_path / "search.png"
+    run = cli("conformers", str(ROOT / "molecules" / "n-butane.xyz"), "-o",
+              str(tmp_path / "c.xyz"), "--max-calls", "400", "--plot", str(png), "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_needs_an_image_name(tmp_path):
+    run = cli("optimize", ETHANOL, "--plot", "energy.txt", cwd=tmp_path)
+    assert run.returncode == 2 and "--plot" in run.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def run_on_terminal(*args, cwd):
+    """Run the CLI with stderr on a pseudo-terminal; returns (status, stderr text)."""
+    import pty
+    import threading
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "ecd_chem.cli", *args], stdout=subprocess.PIPE,
+                            stderr=slave, cwd=cwd)
+    os.close(slave)
+    chunks = []
+
+    def drain():
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+    reader = threading.Thread(target=drain)
+    reader.start()
+    status = proc.wait(timeout=600)
+    reader.join(timeout=10)
+    os.close(master)
+    proc.stdout.close()
+    return status, b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_bar_on_terminal_only(quiet, tmp_path):
+    args = ["conformers", str(ROOT / "molecules" / "n-butane.xyz"), "-o", "c.xyz",
+            "--max-calls", "600", "--calc", "ani1x"] + (["--quiet"] if quiet else [])
+    status, text = run_on_terminal(*args, cwd=tmp_path)
+    assert status == 0, text
+    if quiet:
+        assert text == ""
+    else:
+        assert "\r" in text and "force calls" in text and "lowest" in text and "minima" in text
+    piped = cli(*args[:-1] if quiet else args, cwd=tmp_path)        # stderr is a pipe
+    assert piped.returncode == 0 and "\r" not in piped.stderr and "[" not in piped.stderr
+
+
+def test_optimize_progress_and_log(tmp_path):
+    status, text = run_on_terminal("optimize", ETHANOL, "-o", "m.xyz", "--log", "opt.log",
+                                   cwd=tmp_path)
+    assert status == 0 and "max|F|" in text and "\r" in text
+    log = (tmp_path / "opt.log").read_text().splitlines()
+    assert log[0].split()[:2] == ["Step", "Time"] and len(log) >= 3
+
+
+def test_export_to_sdf(tmp_path):
+    traj = tmp_path / "opt.traj"
+    assert cli("optimize", ETHANOL, "-o", str(tmp_path / "m.xyz"), "--traj", str(traj),
+               "--quiet").returncode == 0
+    run = cli("export", str(traj), "-o", str(tmp_path / "opt.sdf"))
+    assert run.returncode == 0, run.stderr
+    text = (tmp_path / "opt.sdf").read_text()
+    assert text.count("$$$$") == len(read(traj, ":")) and "V2000" in text
