@@ -18,9 +18,11 @@ step is one force call, so ``nsteps + 1`` calls in all; ``ecd_calls`` and
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-from ase.optimize.optimize import Optimizer
+from ase.optimize.optimize import DEFAULT_MAX_STEPS, Optimizer
 
 from . import dynamics as ecd
 
@@ -83,6 +85,14 @@ class ECDOpt(Optimizer):
         self.seed = seed
         super().__init__(atoms, restart=restart, logfile=logfile, trajectory=trajectory,
                          append_trajectory=append_trajectory, **kwargs)
+
+    def run(self, fmax=0.05, steps=DEFAULT_MAX_STEPS):
+        _check_run(fmax, steps)
+        return super().run(fmax=fmax, steps=steps)
+
+    def irun(self, fmax=0.05, steps=DEFAULT_MAX_STEPS):
+        _check_run(fmax, steps)
+        return super().irun(fmax=fmax, steps=steps)
 
     # -- ASE Optimizer hooks -------------------------------------------------------
     def initialize(self):
@@ -163,3 +173,10 @@ class ECDOpt(Optimizer):
         self.quench_calls = data["quench_calls"]
         self.walker = None if data["walker"] is None else ecd.ECDState.from_dict(data["walker"])
         self.quench = None if data["quench"] is None else ecd.QuenchState.from_dict(data["quench"])
+
+
+def _check_run(fmax, steps):
+    if not (fmax > 0 and math.isfinite(fmax)):
+        raise ValueError(f"fmax must be a finite number > 0 (eV/A), got {fmax}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
