@@ -242,6 +242,7 @@ class ConformerSearch:
         self.minima: list[Minimum] = []
         self.history: list = []
         self.trace: list = []
+        self.trace_stride = 1
         self.ecd_calls = self.quench_calls = self.refine_calls = 0
         self.rng = torch.Generator().manual_seed(self.seed)
         x = self._start_positions()
@@ -368,8 +369,7 @@ class ConformerSearch:
             self.walkers = ecd.where(self.exploring, walked, self.walkers)
             self.quench = ecd.where(~self.exploring, quenched, self.quench)
             self.iteration += 1
-            current = torch.where(self.exploring, self.walkers.f, self.quench.f)
-            self.trace.append((self.calls, [round(float(e), 8) for e in current]))
+            self._record_trace()
             for function, interval in self.observers:
                 if self.iteration % interval == 0:
                     function(self)
@@ -397,6 +397,20 @@ class ConformerSearch:
             self._start_excursions(settled + failed_rows)
             if self.checkpoint and self.iteration % self.checkpoint_every == 0:
                 self._save(self.checkpoint)
+
+    TRACE_ROWS = 2000
+
+    def _record_trace(self):
+        """Walker energies every ``stride`` steps; past TRACE_ROWS rows every other
+        row is dropped and the stride doubles, so memory and checkpoints stay small."""
+        stride = self.trace_stride
+        if self.iteration % stride:
+            return
+        current = torch.where(self.exploring, self.walkers.f, self.quench.f)
+        self.trace.append((self.calls, [round(float(e), 8) for e in current]))
+        if len(self.trace) > self.TRACE_ROWS:
+            self.trace = self.trace[::2]
+            self.trace_stride = 2 * stride
 
     # -- refinement and ranking -------------------------------------------------------------------------
     def _refine(self, chosen: list[Minimum]):
@@ -464,6 +478,7 @@ class ConformerSearch:
             "walkers": self.W, "calls": self.calls, "iteration": self.iteration,
             "ecd_calls": self.ecd_calls, "quench_calls": self.quench_calls,
             "refine_calls": self.refine_calls, "history": self.history, "trace": self.trace,
+            "trace_stride": self.trace_stride,
             "minima": [{"positions": m.positions.tolist(), "energy": m.energy,
                         "found_at": m.found_at, "visits": m.visits, "refined": m.refined,
                         "gradient": m.gradient.tolist()} for m in self.minima],
@@ -493,6 +508,7 @@ class ConformerSearch:
         self.refine_calls = data["refine_calls"]
         self.history = [tuple(h) for h in data["history"]]
         self.trace = [tuple(t) for t in data.get("trace", [])]
+        self.trace_stride = data.get("trace_stride", 1)
         self.minima = [Minimum(np.array(m["positions"]), m["energy"], m["found_at"],
                                m["visits"], m["refined"], np.array(m["gradient"]))
                        for m in data["minima"]]

@@ -207,3 +207,27 @@ def test_unsupported_element_fails_before_any_work(ani):
     atoms = molecule("CH3Cl")
     with pytest.raises(ValueError, match="Cl"):
         ConformerSearch(atoms, ani)
+
+
+def test_trace_of_walker_energies_stays_bounded():
+    search = ConformerSearch(random_cluster(13, seed=0), LennardJonesModel(), walkers=2,
+                             max_force_calls=3000, seed=0)
+    search.TRACE_ROWS = 100
+    result = search.run()
+    calls = [c for c, _ in result.trace]
+    assert 50 <= len(calls) <= 101 and calls == sorted(calls)
+    assert all(len(e) == 2 for _, e in result.trace)
+    assert search.trace_stride > 1 and calls[-1] > 2000
+
+
+def test_observers_see_progress():
+    seen = []
+    search = ConformerSearch(random_cluster(7, seed=0), LennardJonesModel(), walkers=2,
+                             max_force_calls=400, seed=0)
+    search.attach(lambda s: seen.append((s.calls, s.lowest, len(s.minima))), interval=5)
+    search.run()
+    assert len(seen) >= 10 and [c for c, _, _ in seen] == sorted(c for c, _, _ in seen)
+    lows = [low for _, low, _ in seen]
+    assert lows == sorted(lows, reverse=True) and np.isfinite(lows[-1])
+    with pytest.raises(ValueError, match="interval"):
+        search.attach(print, interval=0)
