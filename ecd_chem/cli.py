@@ -1,7 +1,9 @@
-"""``ecd-chem``: optimize, conformers, export. Thin over ECDOpt and ConformerSearch.
+"""``ecd-chem``: optimize, conformers, export, screen. Thin over ECDOpt,
+ConformerSearch and :mod:`ecd_chem.screen`.
 
-Exit status: 0 done; 2 bad input or usage (one line on stderr, no traceback);
-130 after Ctrl-C or SIGTERM, once everything found so far is written.
+Exit status: 0 done; 1 optimize not converged or some molecules of a screen
+failed; 2 bad input or usage (one line on stderr, no traceback); 130 after
+Ctrl-C or SIGTERM, once everything found so far is written.
 """
 from __future__ import annotations
 
@@ -13,12 +15,16 @@ import signal
 import sys
 import time
 
+from .calculators import CALCULATORS
+
 EXAMPLES = {
     "optimize": "example: ecd-chem optimize molecules/ethanol.xyz -o ethanol_min.xyz "
                 "--traj opt.traj --fmax 0.01",
     "conformers": "example: ecd-chem conformers --smiles 'OCCO' -o conformers.xyz "
                   "--json summary.json --walkers 8 --max-calls 2000",
     "export": "example: ecd-chem export opt.traj -o opt.xyz",
+    "screen": "example: ecd-chem screen molecules/library.smi --out screen-out --workers 2 "
+              "--max-calls 1500",
 }
 
 
@@ -75,7 +81,7 @@ def positive(kind):
 
 def add_calculator_options(p):
     g = p.add_argument_group("calculator")
-    g.add_argument("--calc", choices=["ani1x", "ani1ccx", "pyscf", "emt", "lj"], default="ani1x")
+    g.add_argument("--calc", choices=CALCULATORS, default="ani1x")
     g.add_argument("--method", default="b3lyp", help="PySCF method (hf, mp2, any functional)")
     g.add_argument("--basis", default="def2-svp", help="PySCF basis set")
     g.add_argument("--charge", type=int, default=0)
@@ -85,6 +91,14 @@ def add_calculator_options(p):
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw energy against force calls (needs matplotlib)")
+
+
+def add_search_options(p):
+    p.add_argument("--walkers", type=positive(int), default=8)
+    p.add_argument("--max-calls", type=positive(int), default=5000)
+    p.add_argument("--ewin", type=positive(float), default=6.0, help="energy window, kcal/mol")
+    p.add_argument("--rmsd", type=positive(float), default=0.125, help="duplicate RMSD, A")
+    p.add_argument("--temperature", type=float, default=298.15, help="K, Boltzmann weights")
 
 
 def build_parser():
@@ -108,12 +122,19 @@ def build_parser():
     source.add_argument("--smiles")
     p.add_argument("-o", "--output", default="conformers.xyz")
     p.add_argument("--json", help="machine-readable summary")
-    p.add_argument("--walkers", type=positive(int), default=8)
-    p.add_argument("--max-calls", type=positive(int), default=5000)
-    p.add_argument("--ewin", type=positive(float), default=6.0, help="energy window, kcal/mol")
-    p.add_argument("--rmsd", type=positive(float), default=0.125, help="duplicate RMSD, A")
-    p.add_argument("--temperature", type=float, default=298.15, help="K, Boltzmann weights")
+    add_search_options(p)
     p.add_argument("--checkpoint", help="resume from / save to this JSON file")
+    add_calculator_options(p)
+
+    p = sub.add_parser("screen", help="a conformer search per molecule of a library, on Dask",
+                       epilog=EXAMPLES["screen"])
+    p.add_argument("library", help=".smi (SMILES [name] per line), .sdf, or a folder of structures")
+    p.add_argument("--out", required=True, help="folder: <name>/ per molecule, summary.csv")
+    p.add_argument("--workers", type=positive(int), help="LocalCluster workers (default: cores)")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--format", choices=["xyz", "extxyz", "sdf"], default="xyz",
+                   help="conformer file format in each molecule's folder")
+    add_search_options(p)
     add_calculator_options(p)
 
     p = sub.add_parser("export", help="convert a trajectory or ensemble",
@@ -124,21 +145,9 @@ def build_parser():
 
 
 def make_calculator(args, atoms):
-    from .calculators import ANICalculator, PySCFCalculator
-    if args.calc in ("ani1x", "ani1ccx"):
-        calc = ANICalculator(args.calc, device=args.device)
-    elif args.calc == "pyscf":
-        calc = PySCFCalculator(args.method, args.basis, charge=args.charge, spin=args.spin)
-    elif args.calc == "emt":
-        from ase.calculators.emt import EMT
-        calc = EMT()
-    else:
-        from .potentials import LennardJones
-        calc = LennardJones()
-    check = getattr(calc, "check", None) or getattr(getattr(calc, "model", None), "check", None)
-    if check:
-        check(atoms)                  # unsupported element, impossible spin: before any work
-    return calc
+    from .calculators import make_calculator as by_name
+    return by_name(args.calc, atoms, method=args.method, basis=args.basis, charge=args.charge,
+                   spin=args.spin, device=args.device)
 
 
 def check_output(path):
@@ -208,26 +217,22 @@ def cmd_optimize(args):
     return 0 if converged else 1
 
 
+def calculator_settings(args) -> dict:
+    return {"name": args.calc, "device": args.device, **(
+        {"method": args.method, "basis": args.basis, "charge": args.charge, "spin": args.spin}
+        if args.calc == "pyscf" else {})}
+
+
+def search_settings(args, kind=None) -> dict:
+    return {"walkers": args.walkers, "max_force_calls": args.max_calls,
+            "energy_window_kcal_mol": args.ewin, "rmsd_threshold_A": args.rmsd,
+            "temperature_K": args.temperature, **({"kind": kind} if kind else {})}
+
+
 def summary(args, atoms, result, search, wall):
-    return {
-        "input": args.input or {"smiles": args.smiles},
-        "calculator": {"name": args.calc, "device": args.device, **(
-            {"method": args.method, "basis": args.basis, "charge": args.charge,
-             "spin": args.spin} if args.calc == "pyscf" else {})},
-        "search": {"walkers": args.walkers, "max_force_calls": args.max_calls,
-                   "energy_window_kcal_mol": args.ewin, "rmsd_threshold_A": args.rmsd,
-                   "temperature_K": args.temperature, "kind": search.kind},
-        "seed": args.seed,
-        "atoms": len(atoms), "formula": atoms.get_chemical_formula(),
-        "force_calls": result.force_calls,
-        "force_calls_split": {"ecd": result.ecd_calls, "quench": result.quench_calls,
-                              "refine": result.refine_calls},
-        "wall_time_s": wall,
-        "conformers": [{"rank": c.info["rank"], "energy_eV": c.info["energy"],
-                        "relative_kcal_mol": c.info["relative_kcal_mol"],
-                        "boltzmann_weight": c.info["boltzmann_weight"], "frame": i}
-                       for i, c in enumerate(result.conformers)],
-    }
+    return {"input": args.input or {"smiles": args.smiles},
+            "calculator": calculator_settings(args), "search": search_settings(args, search.kind),
+            "seed": args.seed, **result.to_dict(), "wall_time_s": wall}
 
 
 def cmd_conformers(args):
@@ -292,6 +297,30 @@ def cmd_export(args):
     return 0
 
 
+def cmd_screen(args):
+    from .screen import ScreenSettings, screen
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out must be a folder: {args.out} is a file")
+    check_output(os.path.join(args.out, "summary.csv") if os.path.isdir(args.out) else args.out)
+    if args.plot:
+        raise UsageError("--plot is not available for screen (use conformers --plot per molecule)")
+    settings = ScreenSettings(calc=args.calc, method=args.method, basis=args.basis,
+                              charge=args.charge, spin=args.spin,
+                              device=args.device,
+                              walkers=args.walkers, max_calls=args.max_calls, ewin=args.ewin,
+                              rmsd=args.rmsd, temperature=args.temperature, seed=args.seed,
+                              output=f"conformers.{args.format}")
+    def report(text):
+        if not args.quiet:
+            print(text, file=sys.stderr, flush=True)
+    rows = screen(args.library, args.out, settings, workers=args.workers,
+                  scheduler=args.scheduler, report=report)
+    failed = [r for r in rows if r["status"] != "done"]
+    report(f"{len(rows) - len(failed)} done, {len(failed)} failed; "
+           f"see {os.path.join(args.out, 'summary.csv')}")
+    return 1 if failed else 0
+
+
 def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
@@ -304,7 +333,7 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         handler = {"optimize": cmd_optimize, "conformers": cmd_conformers,
-                   "export": cmd_export}[args.command]
+                   "export": cmd_export, "screen": cmd_screen}[args.command]
         return handler(args)
     except KeyboardInterrupt:
         print("ecd-chem: interrupted", file=sys.stderr)

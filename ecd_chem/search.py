@@ -73,6 +73,21 @@ class SearchResult:
     def best(self) -> Atoms:
         return self.conformers[0]
 
+    def to_dict(self) -> dict:
+        """JSON-ready summary: formula, force calls (total and split), minima
+        found, wall time and the ranked conformers (frame = index in the ensemble)."""
+        first = self.conformers[0]
+        return {
+            "atoms": len(first), "formula": first.get_chemical_formula(),
+            "force_calls": self.force_calls,
+            "force_calls_split": {"ecd": self.ecd_calls, "quench": self.quench_calls,
+                                  "refine": self.refine_calls},
+            "minima_found": self.minima_found, "wall_time_s": self.wall_time_s,
+            "conformers": [{"rank": c.info["rank"], "energy_eV": c.info["energy"],
+                            "relative_kcal_mol": c.info["relative_kcal_mol"],
+                            "boltzmann_weight": c.info["boltzmann_weight"], "frame": i}
+                           for i, c in enumerate(self.conformers)]}
+
     def write(self, path, format=None) -> None:
         """Write the ensemble; format from the extension (xyz, extxyz, traj, pdb, ...)."""
         write_ensemble(path, self.conformers, format=format)

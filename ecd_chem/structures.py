@@ -72,26 +72,31 @@ def read_sdf(path) -> list[Atoms]:
     info['bonds'] = ((i, j, order), ...) with 0-based atoms, formal charges
     (``M  CHG``) as initial charges, data items in info."""
     with open(path) as fh:
-        records, lines = [], []
-        for line in fh.read().splitlines():
-            if line.startswith("$$$$"):
-                records.append(lines)
-                lines = []
-            else:
-                lines.append(line)
-        records.append(lines)
+        records = sdf_records(fh.read())
     frames = []
     for number, lines in enumerate(records, 1):
-        if not any(line.strip() for line in lines):
-            continue
         try:
-            frames.append(_parse_molblock(lines))
+            frames.append(parse_molblock(lines))
         except (ValueError, IndexError) as err:
             raise InputError(f"{path}: record {number} is not a valid V2000 molfile ({err})") from None
     return frames
 
 
-def _parse_molblock(lines: list[str]) -> Atoms:
+def sdf_records(text: str) -> list[list[str]]:
+    """The non-empty records of SDF text, each as its list of lines."""
+    records, lines = [], []
+    for line in text.splitlines():
+        if line.startswith("$$$$"):
+            records.append(lines)
+            lines = []
+        else:
+            lines.append(line)
+    records.append(lines)
+    return [r for r in records if any(line.strip() for line in r)]
+
+
+def parse_molblock(lines: list[str]) -> Atoms:
+    """One V2000 record (its lines) -> Atoms; ValueError or IndexError if malformed."""
     from ase.data import atomic_numbers
     counts = lines[3]
     if "V3000" in counts:

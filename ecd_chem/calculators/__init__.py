@@ -3,5 +3,32 @@ from .ani import ANICalculator, ANIModel, ANIUnavailable
 from .pyscf import PySCFCalculator, SCFNotConverged
 from .base import ASELoopModel, BatchCalculator, BatchModel, Evaluator, as_batch_model
 
-__all__ = ["ANICalculator", "ANIModel", "ANIUnavailable", "ASELoopModel", "BatchCalculator", "BatchModel",
+CALCULATORS = ("ani1x", "ani1ccx", "pyscf", "emt", "lj")
+
+
+def make_calculator(name: str, atoms=None, *, method="b3lyp", basis="def2-svp", charge=0, spin=0,
+                    device="auto"):
+    """An ASE calculator by name (one of CALCULATORS). With ``atoms``, what the
+    calculator cannot handle (an element outside ANI, an impossible charge and
+    spin) raises ValueError here, before any work."""
+    if name in ("ani1x", "ani1ccx"):
+        calc = ANICalculator(name, device=device)
+    elif name == "pyscf":
+        calc = PySCFCalculator(method, basis, charge=charge, spin=spin)
+    elif name == "emt":
+        from ase.calculators.emt import EMT
+        calc = EMT()
+    elif name == "lj":
+        from ..potentials import LennardJones
+        calc = LennardJones()
+    else:
+        raise ValueError(f"unknown calculator {name!r}; choose one of {', '.join(CALCULATORS)}")
+    if atoms is not None:
+        check = getattr(calc, "check", None) or getattr(getattr(calc, "model", None), "check", None)
+        if check:
+            check(atoms)
+    return calc
+
+
+__all__ = ["CALCULATORS", "make_calculator", "ANICalculator", "ANIModel", "ANIUnavailable", "ASELoopModel", "BatchCalculator", "BatchModel",
            "Evaluator", "PySCFCalculator", "SCFNotConverged", "as_batch_model"]
