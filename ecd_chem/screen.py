@@ -5,7 +5,8 @@ line), an SDF (one record per molecule) or a folder of structure files into
 :class:`Molecule` entries. :func:`screen` submits one :func:`search_molecule`
 task per molecule not already done to a Dask cluster -- a ``LocalCluster``
 started in-process by default, or an existing scheduler -- and keeps
-``DIR/summary.csv`` current after every molecule. Each molecule's results go
+``DIR/summary.csv`` current (rewritten at most every 2 s and at the end;
+``DIR/screen.log`` gets a line per finished molecule). Each molecule's results go
 to ``DIR/<name>/`` (the conformer ensemble and the JSON summary), written in a
 temporary folder and renamed into place, so a folder that exists is complete
 and a rerun skips it. A worker lost mid-task has its molecule retried on
@@ -29,6 +30,7 @@ from .structures import InputError, atomic_write, sdf_records
 
 SUMMARY_FIELDS = ("name", "status", "reason", "lowest_energy_eV", "conformers", "force_calls",
                   "wall_time_s", "source")
+SUMMARY_EVERY_S = 2.0           # summary.csv rewrite period; screen.log gets every completion
 STRUCTURE_SUFFIXES = (".xyz", ".extxyz", ".sdf", ".mol", ".pdb", ".traj", ".cif")
 
 
@@ -248,6 +250,7 @@ def screen(library, out, settings: ScreenSettings = ScreenSettings(), *, workers
         futures = {client.submit(search_molecule, m, settings, os.path.abspath(out),
                                  pure=False, key=f"ecd-search-{m.name}-{os.urandom(4).hex()}"): m
                    for m in todo}
+        written = time.monotonic()
         for future in as_completed(futures):
             m = futures[future]
             try:
@@ -256,7 +259,9 @@ def screen(library, out, settings: ScreenSettings = ScreenSettings(), *, workers
                 row = {"name": m.name, "status": "failed", "source": m.source,
                        "reason": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
             rows[m.name] = row
-            write_summary(out, molecules, rows)
+            if time.monotonic() - written > SUMMARY_EVERY_S:     # O(library) per write
+                write_summary(out, molecules, rows)
+                written = time.monotonic()
             with open(os.path.join(out, "screen.log"), "a") as fh:
                 fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {row['status']} {m.name}"
                          f"{' ' + row.get('reason', '') if row['status'] != 'done' else ''}\n")
@@ -264,6 +269,7 @@ def screen(library, out, settings: ScreenSettings = ScreenSettings(), *, workers
                    + (f" ({row.get('reason')})" if row["status"] != "done" else
                       f", lowest {row['lowest_energy_eV']:.6f} eV, {row['conformers']} conformers"))
     finally:
+        write_summary(out, molecules, rows)
         if own:
             cluster = getattr(client, "cluster", None)
             client.close()
