@@ -267,3 +267,25 @@ def test_evaluator_counts_every_geometry_and_returns_gradients():
     evaluator(x[:2])
     assert evaluator.calls == 7
     assert np.allclose(-g[0].numpy(), atoms.get_forces())
+
+
+@pytest.mark.parametrize("name", ["H2", "H2O", "CH3CH2OH", "C6H6"])
+def test_batch_aev_equals_torchani_aev_and_its_gradient(name):
+    from ecd_chem.calculators.aev import BatchAEV
+    from ecd_chem.calculators.ani import ANIModel
+    model = ANIModel("ani1x", device="cpu", dtype=torch.float64)
+    atoms = molecule(name)
+    species = model.species_tensor(atoms)
+    rng = np.random.default_rng(0)
+    x = torch.tensor(atoms.positions[None] + rng.normal(0, 0.15, (5, len(atoms), 3)))
+    x[3] *= 1.6                         # some pairs leave the cutoffs in one conformer only
+    reference, fast = model.network[0], BatchAEV(model.network[0])
+    a = x.clone().requires_grad_(True)
+    b = x.clone().requires_grad_(True)
+    ours = fast(species, a)
+    theirs = reference((species.expand(5, -1), b)).aevs
+    assert torch.allclose(ours, theirs, atol=1e-10)
+    weights = torch.randn(ours.shape[-1], dtype=torch.float64)
+    (ga,) = torch.autograd.grad((ours * weights).sum(), a)
+    (gb,) = torch.autograd.grad((theirs * weights).sum(), b)
+    assert torch.allclose(ga, gb, atol=1e-9)

@@ -94,6 +94,10 @@ class ANIModel(BatchModel):
     dtype: torch.float32 (fast) or torch.float64 (for finite differences).
     """
 
+    #: AEVs from :class:`BatchAEV` (True) or torchani's AEVComputer (False): same
+    #: numbers, BatchAEV is faster for many conformers of one molecule.
+    fast_aev = True
+
     def __init__(self, model: str = "ani1x", device="auto", dtype=torch.float32):
         if model not in MODELS:
             raise ValueError(f"unknown ANI model {model!r}; choose one of {sorted(MODELS)}")
@@ -104,6 +108,8 @@ class ANIModel(BatchModel):
         self.dtype = dtype
         self.network, self.species = load_network(model, str(self.device), dtype)
         self._index = {s: i for i, s in enumerate(self.species)}
+        from .aev import BatchAEV
+        self.aev = BatchAEV(self.network[0])
 
     def check(self, atoms: Atoms) -> None:
         unknown = sorted(set(atoms.get_chemical_symbols()) - set(self.species))
@@ -124,7 +130,12 @@ class ANIModel(BatchModel):
         with torch.enable_grad():
             coords = positions.detach().to(device=self.device, dtype=self.dtype)
             coords.requires_grad_(True)
-            energies = self.network((species.expand(W, -1), coords)).energies
+            species = species.expand(W, -1)
+            if self.fast_aev:
+                aev = self.aev(species[0], coords)
+                energies = self.network[2](self.network[1]((species, aev))).energies
+            else:
+                energies = self.network((species, coords)).energies
             (gradient,) = torch.autograd.grad(energies.sum(), coords)
         out_dtype = positions.dtype if positions.is_floating_point() else torch.float64
         return ((energies.detach() * Hartree).to("cpu", out_dtype),
