@@ -305,7 +305,15 @@ def absorb(state: ECDState, f, g, hp: ECDParams, x=None) -> ECDState:
     below = f - state.floor <= 0
     floor = torch.where(below, f - hp.gap, state.floor)
     gv = _g(f - floor, hp.eta)
-    energy = torch.where(below, hamiltonian(hp.method, gv, p2), state.energy)
+    if hp.method == "ruthless":
+        # Its kick grows pi by a factor (1 + pi^2/2): re-basing E on the kicked
+        # momentum at every floor drop feeds back and overflows within a few
+        # steps down a steep slope. Keep the momentum of the previous point instead.
+        p2_before = momentum_sq(hp.method, state.energy, _g(state.f - state.floor, hp.eta))
+        energy = torch.where(below, hamiltonian(hp.method, gv, p2_before.clamp_min(0)),
+                             state.energy)
+    else:
+        energy = torch.where(below, hamiltonian(hp.method, gv, p2), state.energy)
 
     if hp.conserve_energy:
         target = momentum_sq(hp.method, energy, gv)

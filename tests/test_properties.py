@@ -14,7 +14,8 @@ from ecd_chem.structures import (InputError, bond_graph, cluster_fingerprint,
                                  equivalence_classes, read_structure, rmsd)
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = settings(max_examples=60, deadline=None,
+# derandomized: CI sees the same examples every run (a failure is reproducible)
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 finite = st.floats(-5, 5, allow_nan=False, allow_infinity=False)
 
@@ -100,7 +101,7 @@ def test_cluster_fingerprint_invariant(seed, shift):
     assert np.allclose(cluster_fingerprint(positions), cluster_fingerprint(moved), atol=1e-9)
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.one_of(
     st.text(max_size=200),
