@@ -21,7 +21,8 @@ class LennardJonesModel(BatchModel):
         diff = x[:, :, None, :] - x[:, None, :, :]                 # (W, N, N, 3)
         r2 = (diff * diff).sum(-1)
         eye = torch.eye(N, dtype=torch.bool, device=x.device)
-        inv2 = torch.where(eye, torch.zeros_like(r2), self.sigma ** 2 / torch.where(eye, torch.ones_like(r2), r2))
+        safe_r2 = torch.where(eye, torch.ones_like(r2), r2)
+        inv2 = torch.where(eye, torch.zeros_like(r2), self.sigma ** 2 / safe_r2)
         inv6 = inv2 ** 3
         energy = 2.0 * self.epsilon * (inv6 * inv6 - inv6).sum((1, 2))   # each pair counted twice
         # -dE/dr_i = sum_j 24 eps (2 s^12/r^14 - s^6/r^8) (r_i - r_j)

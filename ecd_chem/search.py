@@ -112,7 +112,7 @@ class ConformerSearch:
     gap: initial height of the walker above its floor (molecules 0.5 eV, clusters 4).
     excursion_steps, dt, gap, bounce_every, method, eta: the ECD excursion.
         Molecules with rotatable bonds move in torsion space instead, with
-        ``torsion_dt`` and at most ``torsion_max_step`` radians per torsion and step.
+        ``torsion_dt`` and at most ``torsion_max_step`` radians per torsion per step.
     harvest_after: fraction of the excursion after which its lowest point is sought.
     quench_fmax, refine_fmax (eV/A): quench and final refinement thresholds.
     energy_window (kcal/mol): conformers kept above the lowest.

@@ -30,5 +30,6 @@ def make_calculator(name: str, atoms=None, *, method="b3lyp", basis="def2-svp", 
     return calc
 
 
-__all__ = ["CALCULATORS", "make_calculator", "ANICalculator", "ANIModel", "ANIUnavailable", "ASELoopModel", "BatchCalculator", "BatchModel",
-           "Evaluator", "PySCFCalculator", "SCFNotConverged", "as_batch_model"]
+__all__ = ["CALCULATORS", "ANICalculator", "ANIModel", "ANIUnavailable", "ASELoopModel",
+           "BatchCalculator", "BatchModel", "Evaluator", "PySCFCalculator", "SCFNotConverged",
+           "as_batch_model", "make_calculator"]
