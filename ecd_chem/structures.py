@@ -173,7 +173,7 @@ def from_smiles(smiles: str, conformers: int = 8, seed: int = 0) -> list[Atoms]:
         raise InputError(f"invalid SMILES: {smiles!r}")
     mol = Chem.AddHs(mol)
     params = AllChem.ETKDGv3()
-    params.randomSeed = int(seed)
+    params.randomSeed = int(seed) + 1   # RDKit's seed 0 embeds every conformer identically
     ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=int(conformers), params=params))
     if not ids:
         raise InputError(f"RDKit could not embed a 3D structure for {smiles!r}")

@@ -231,3 +231,12 @@ def test_observers_see_progress():
     assert lows == sorted(lows, reverse=True) and np.isfinite(lows[-1])
     with pytest.raises(ValueError, match="interval"):
         search.attach(print, interval=0)
+
+
+def test_smiles_starts_are_distinct_conformers_for_every_seed():
+    pytest.importorskip("rdkit")
+    from ecd_chem.structures import from_smiles
+    for seed in (0, 1):
+        frames = from_smiles("OCCO", conformers=8, seed=seed)
+        distinct = {tuple(np.round(f.positions.ravel(), 3)) for f in frames}
+        assert len(distinct) == 8
