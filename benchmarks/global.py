@@ -42,7 +42,7 @@ MOLECULES = ["n-hexane", "1,2-ethanediol", "alanine_dipeptide", "butanol", "meth
 
 def lj_targets():
     if SHARED.exists():
-        rows = [r for r in csv.reader(l for l in SHARED.open() if not l.startswith("#"))][1:]
+        rows = [r for r in csv.reader(line for line in SHARED.open() if not line.startswith("#"))][1:]
         return {int(n): float(e) for n, e in rows}
     return FALLBACK
 

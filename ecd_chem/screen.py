@@ -26,7 +26,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from .structures import InputError, atomic_write, sdf_records
+from .structures import InputError, atomic_write, remove_stale_temps, sdf_records, temp_prefix
 
 SUMMARY_FIELDS = ("name", "status", "reason", "lowest_energy_eV", "conformers", "force_calls",
                   "wall_time_s", "source")
@@ -162,7 +162,8 @@ def search_molecule(molecule: Molecule, settings: ScreenSettings, out: str) -> d
                "run_id": uuid.uuid4().hex,
                "kind": search.kind, **result.to_dict(), "wall_time_s": wall}
     final = os.path.join(out, molecule.name)
-    tmp = tempfile.mkdtemp(dir=out, prefix=f".tmp-{molecule.name}-")
+    remove_stale_temps(out, molecule.name)      # a killed worker's half-written folder
+    tmp = tempfile.mkdtemp(dir=out, prefix=temp_prefix(molecule.name))
     try:
         result.write(os.path.join(tmp, settings.output))
         with open(os.path.join(tmp, "summary.json"), "w") as fh:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -393,13 +394,53 @@ def boltzmann_weights(energies_ev, temperature: float) -> np.ndarray:
     return w / w.sum()
 
 
+def temp_prefix(name: str) -> str:
+    """Prefix of this process's temporaries for the file or folder ``name``;
+    the pid in it lets a later writer tell a killed writer's leftovers."""
+    return f".tmp-{name}.{os.getpid()}."
+
+
+def remove_stale_temps(directory: str, name: str) -> None:
+    """Delete temporaries for ``name`` in ``directory`` whose writer process
+    is gone (killed mid-write, e.g. by SIGKILL); a live writer's are kept."""
+    start = f".tmp-{name}."
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry[len(start):].split(".", 1)[0]
+        if not entry.startswith(start) or not pid.isdigit() or process_alive(int(pid)):
+            continue
+        stale = os.path.join(directory, entry)
+        if os.path.isdir(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            try:
+                os.unlink(stale)
+            except OSError:
+                pass
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True                    # exists, owned by someone else
+    return True
+
+
 def atomic_write(path, write_to) -> None:
     """Write through ``write_to(tmp_path)`` and rename into place, so a kill
-    leaves either the old file or the new one, never half of one."""
+    leaves either the old file or the new one, never half of one. Temporaries
+    left by an earlier writer that was killed are removed first."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    directory, name = os.path.split(os.path.abspath(path))
+    remove_stale_temps(directory, name)
     suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=temp_prefix(name), suffix=suffix)
     os.close(fd)
     try:
         write_to(tmp)

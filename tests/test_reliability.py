@@ -18,7 +18,7 @@ from ecd_chem import ConformerSearch, ECDOpt
 from ecd_chem import dynamics as ecd
 from ecd_chem.calculators.base import ASELoopModel
 from ecd_chem.potentials import LennardJones, LennardJonesModel, random_cluster
-from ecd_chem.structures import InputError, from_smiles, read_structure
+from ecd_chem.structures import InputError, atomic_write, from_smiles, read_structure
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -224,3 +224,16 @@ def test_killed_search_resumes_with_every_checkpointed_minimum(tmp_path, sig):
     text = (tmp_path / "minima.xyz").read_text().lower()
     assert "nan" not in text and "inf" not in text
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]   # no debris
+
+
+def test_atomic_write_removes_a_killed_writers_temporaries_only(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".tmp-search.json.{dead.pid}.abc.json"
+    live = tmp_path / f".tmp-search.json.{os.getppid()}.def.json"     # a running writer's
+    other = tmp_path / f".tmp-minima.xyz.{dead.pid}.ghi.xyz"          # swept by its own writer
+    for path in (stale, live, other):
+        path.write_text("half")
+    atomic_write(tmp_path / "search.json", lambda tmp: Path(tmp).write_text("{}"))
+    assert (tmp_path / "search.json").read_text() == "{}"
+    assert not stale.exists() and live.exists() and other.exists()
