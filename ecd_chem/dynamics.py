@@ -363,6 +363,7 @@ class QuenchParams:
     memory: int = 100
     max_step: float = 0.2
     alpha: float = 70.0
+    precon: bool = False      # molecules: Exp preconditioner as the initial inverse Hessian
 
 
 @dataclass
@@ -416,7 +417,15 @@ def quench_propose(state: QuenchState, qp: QuenchParams = QuenchParams()) -> Que
         a = rho[:, i] * (state.s[:, i] * q).sum(-1)
         q = q - a[:, None] * state.y[:, i]
         alphas.append(a)
-    yy = (state.y[:, -1] * state.y[:, -1]).sum(-1)
+    if qp.precon:
+        # H0 = gamma P^-1, gamma from the newest pair: soft collective motions
+        # (torsions) get long steps, stiff bonds short ones
+        lap = exp_preconditioner(state.x)
+        solve = lambda v: torch.linalg.solve(lap, v.reshape(state.x.shape)).reshape(W, -1)  # noqa: E731
+        q, y_last = solve(q), solve(state.y[:, -1])
+    else:
+        y_last = state.y[:, -1]
+    yy = (state.y[:, -1] * y_last).sum(-1)
     have = (rho[:, -1] > 0) & (yy > 0)
     gamma = torch.where(have, sy[:, -1] / yy.clamp_min(1e-300),
                         torch.full_like(yy, 1.0 / qp.alpha))
@@ -432,6 +441,18 @@ def quench_propose(state: QuenchState, qp: QuenchParams = QuenchParams()) -> Que
     scale = torch.clamp(qp.max_step / longest.clamp_min(1e-300), max=1.0)
     return state.replace(x_prev=state.x, g_prev=state.g, f_prev=state.f,
                          x=state.x + dx * _bcast(scale, dx))
+
+
+def exp_preconditioner(x: torch.Tensor, A: float = 3.0, c_stab: float = 0.1) -> torch.Tensor:
+    """The 'Exp' preconditioner of Packwood et al. (J. Chem. Phys. 144, 164109)
+    for positions (W, N, 3): a graph Laplacian (W, N, N) with pair weights
+    exp(-A (r / r_nn - 1)) within 2 r_nn, r_nn the largest nearest-neighbour
+    distance, plus c_stab on the diagonal; it acts on each Cartesian component."""
+    d = torch.cdist(x, x)
+    eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    r_nn = (d + eye * 1e9).amin(-1).amax(-1)[:, None, None]
+    w = torch.exp(-A * (d / r_nn - 1)) * (d < 2 * r_nn) * (1 - eye)
+    return torch.diag_embed(w.sum(-1)) - w + c_stab * eye
 
 
 def quench_observe(state: QuenchState, x, f, g) -> QuenchState:
