@@ -402,7 +402,10 @@ def temp_prefix(name: str) -> str:
 
 def remove_stale_temps(directory: str, name: str) -> None:
     """Delete temporaries for ``name`` in ``directory`` whose writer process
-    is gone (killed mid-write, e.g. by SIGKILL); a live writer's are kept."""
+    is gone (killed mid-write, e.g. by SIGKILL); a live writer's are kept.
+    Pids are checked on this host: a writer on another host sharing the folder
+    would look dead, which is safe only because one molecule or file has one
+    writer at a time (a screen reruns a molecule only after its worker died)."""
     start = f".tmp-{name}."
     try:
         entries = os.listdir(directory)
