@@ -469,8 +469,14 @@ class ConformerSearch:
                 probe.positions = m.positions
                 if not same_topology(bond_graph(probe), self.topology):
                     continue
-            if not any(self._same(k, m.positions, m.energy, self.energy_tolerance) for k in kept):
+            same = next((k for k in kept if self._same(k, m.positions, m.energy,
+                                                    self.energy_tolerance)), None)
+            if same is None:
                 kept.append(m)
+            else:
+                # loose quenches can leave one conformer as several records until
+                # refinement merges them: it was found when the first one was
+                same.found_at = min(same.found_at, m.found_at)
         lowest = kept[0].energy
         kept = [m for m in kept if m.energy <= lowest + self.energy_window]
         weights = boltzmann_weights([m.energy for m in kept], self.temperature)

@@ -8,6 +8,7 @@ from ase.io import read
 from scipy.spatial.transform import Rotation
 
 from ecd_chem import ConformerSearch
+from ecd_chem.search import Minimum
 from ecd_chem.potentials import LennardJonesModel, random_cluster
 from ecd_chem.structures import (bond_graph, cluster_fingerprint, equivalence_classes,
                                  rmsd)
@@ -85,6 +86,24 @@ def test_equivalence_classes_find_methyl_hydrogens():
     methyl = [i for i in np.flatnonzero(bond_graph(ethanol)[1]) if ethanol.numbers[i] == 1]
     assert len({classes[i] for i in methyl}) == 1
     assert len(set(classes)) < len(ethanol)
+
+
+def test_a_conformer_kept_twice_is_reported_as_found_by_its_first_record():
+    """Two loose records of one minimum merge in the final dedup; the survivor
+    (the lower energy) keeps the force-call count of the earlier discovery."""
+    atoms = random_cluster(13, seed=0)
+    search = ConformerSearch(atoms, LennardJonesModel(), walkers=2, max_force_calls=400,
+                             seed=0)
+    search.run()
+    lowest = min(search.minima, key=lambda m: m.energy)
+    early = Minimum(lowest.positions + 1e-4, lowest.energy + 1e-3, found_at=5, refined=True,
+                    gradient=lowest.gradient)
+    late = Minimum(lowest.positions, lowest.energy - 1e-3, found_at=300, refined=True,
+                   gradient=lowest.gradient)
+    search.minima = [late, early]
+    best = search.current_result().best
+    assert best.info["energy"] == pytest.approx(late.energy)
+    assert best.info["found_at_force_call"] == 5
 
 
 def test_cluster_fingerprint_invariant():
