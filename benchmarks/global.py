@@ -130,13 +130,19 @@ def run_ecd(n, seed, target, budget, walkers):
     return hits[0] if hits else None, result
 
 
-def lj_benchmark(sizes, seeds, walkers, peers, seeds_large):
+def lj_benchmark(sizes, seeds, walker_counts, peers, seeds_large):
     targets = lj_targets()
     table = {}
     for n in sizes:
         budget = BUDGET.get(n, 100_000)
         row = {}
-        methods = {"ConformerSearch": lambda s: run_ecd(n, s, targets[n], budget, walkers)[0]}
+        shares = {}
+
+        def search(s, w, n=n, budget=budget):
+            hit, result = run_ecd(n, s, targets[n], budget, w)
+            shares.setdefault(w, []).append(result.ecd_calls / result.force_calls)
+            return hit
+        methods = {f"ConformerSearch W={w}": lambda s, w=w: search(s, w) for w in walker_counts}
         if "scipy" in peers:
             methods["scipy basinhopping"] = lambda s: run_scipy(n, s, targets[n], budget)
         if "ase" in peers:
@@ -150,7 +156,10 @@ def lj_benchmark(sizes, seeds, walkers, peers, seeds_large):
             row[label] = {"success": len(ok), "runs": runs, "budget": budget,
                           "mean_calls": statistics.mean(ok) if ok else None, "calls": hits,
                           "wall_s": time.time() - t0}
-            print(f"  LJ{n:<3d} {label:20s} {len(ok)}/{runs}  mean calls "
+            if label.startswith("ConformerSearch"):
+                w = int(label.split("=")[1])
+                row[label]["ecd_share"] = statistics.mean(shares[w])
+            print(f"  LJ{n:<3d} {label:22s} {len(ok)}/{runs}  mean calls "
                   f"{statistics.mean(ok) if ok else float('nan'):10.0f}", flush=True)
         table[f"LJ{n}"] = row
     return table
@@ -231,7 +240,8 @@ def main():
                         help="cluster sizes; give none to skip")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--seeds-large", type=int, default=2, help="runs for LJ26 and LJ38")
-    parser.add_argument("--walkers", type=int, default=4)
+    parser.add_argument("--walkers", type=int, nargs="+", default=[4],
+                        help="ConformerSearch walker counts for the clusters")
     parser.add_argument("--peers", nargs="*", default=["scipy", "ase"])
     parser.add_argument("--molecules", nargs="*", default=MOLECULES)
     parser.add_argument("--etkdg", type=int, default=1000)
