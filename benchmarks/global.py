@@ -273,7 +273,8 @@ def main():
     parser.add_argument("--json")
     args = parser.parse_args()
     settings = dict(parse_setting(item) for item in args.set)
-    reference = json.loads(pathlib.Path(args.reference).read_text())["molecules"] if args.reference else None
+    reference = (json.loads(pathlib.Path(args.reference).read_text())["molecules"]
+                 if args.reference else None)
     t0 = time.time()
     report = {"lj": lj_benchmark(args.lj, args.seeds, args.walkers, args.peers,
                                  args.seeds_large)}
