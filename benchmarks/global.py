@@ -138,11 +138,12 @@ def lj_benchmark(sizes, seeds, walker_counts, peers, seeds_large):
     for n in sizes:
         budget = BUDGET.get(n, 100_000)
         row = {}
-        shares = {}
+        shares = {}                     # label -> ECD-step share of each run's force calls
 
         def search(s, w, n=n, budget=budget):
             hit, result = run_ecd(n, s, targets[n], budget, w)
-            shares.setdefault(w, []).append(result.ecd_calls / result.force_calls)
+            shares.setdefault(f"ConformerSearch W={w}", []).append(
+                result.ecd_calls / result.force_calls)
             return hit
         methods = {f"ConformerSearch W={w}": lambda s, w=w: search(s, w) for w in walker_counts}
         if "scipy" in peers:
@@ -158,9 +159,8 @@ def lj_benchmark(sizes, seeds, walker_counts, peers, seeds_large):
             row[label] = {"success": len(ok), "runs": runs, "budget": budget,
                           "mean_calls": statistics.mean(ok) if ok else None, "calls": hits,
                           "wall_s": time.time() - t0}
-            if label.startswith("ConformerSearch"):
-                w = int(label.split("=")[1])
-                row[label]["ecd_share"] = statistics.mean(shares[w])
+            if label in shares:
+                row[label]["ecd_share"] = statistics.mean(shares[label])
             print(f"  LJ{n:<3d} {label:22s} {len(ok)}/{runs}  mean calls "
                   f"{statistics.mean(ok) if ok else float('nan'):10.0f}", flush=True)
         table[f"LJ{n}"] = row
