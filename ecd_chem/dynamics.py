@@ -408,32 +408,15 @@ def quench_propose(state: QuenchState, qp: QuenchParams = QuenchParams()) -> Que
     different history lengths share one vectorized pass.
     """
     W = state.x.shape[0]
-    q = state.g.reshape(W, -1).clone()
-    sy = (state.s * state.y).sum(-1)                       # (W, m)
-    rho = torch.where(sy > 0, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy))
-    m = state.s.shape[1]
-    alphas = []
-    for i in reversed(range(m)):
-        a = rho[:, i] * (state.s[:, i] * q).sum(-1)
-        q = q - a[:, None] * state.y[:, i]
-        alphas.append(a)
     if qp.precon:
         # H0 = gamma P^-1, gamma from the newest pair: soft collective motions
         # (torsions) get long steps, stiff bonds short ones
         lap = exp_preconditioner(state.x)
         solve = lambda v: torch.linalg.solve(lap, v.reshape(state.x.shape)).reshape(W, -1)  # noqa: E731
-        q, y_last = solve(q), solve(state.y[:, -1])
     else:
-        y_last = state.y[:, -1]
-    yy = (state.y[:, -1] * y_last).sum(-1)
-    have = (rho[:, -1] > 0) & (yy > 0)
-    gamma = torch.where(have, sy[:, -1] / yy.clamp_min(1e-300),
-                        torch.full_like(yy, 1.0 / qp.alpha))
-    r = gamma[:, None] * q
-    for i, a in zip(range(m), reversed(alphas)):
-        b = rho[:, i] * (state.y[:, i] * r).sum(-1)
-        r = r + (a - b)[:, None] * state.s[:, i]
-    dx = -r.reshape(state.x.shape)
+        solve = None
+    dx = -inverse_hessian_apply(state.s, state.y, state.g.reshape(W, -1), 1.0 / qp.alpha,
+                                solve).reshape(state.x.shape)
     # Not a descent direction (stale curvature): fall back to steepest descent.
     uphill = _wsum(dx * state.g) >= 0
     dx = torch.where(_bcast(uphill, dx), -state.g / qp.alpha, dx)
@@ -441,6 +424,74 @@ def quench_propose(state: QuenchState, qp: QuenchParams = QuenchParams()) -> Que
     scale = torch.clamp(qp.max_step / longest.clamp_min(1e-300), max=1.0)
     return state.replace(x_prev=state.x, g_prev=state.g, f_prev=state.f,
                          x=state.x + dx * _bcast(scale, dx))
+
+
+def inverse_hessian_apply(s, y, v, fallback: float, precondition=None) -> torch.Tensor:
+    """H v for each walker's L-BFGS inverse-Hessian model (two-loop recursion).
+
+    s, y: (W, m, D) curvature pairs, newest last, zero rows unused; v: (W, D).
+    H0 = gamma P^-1 with gamma = s.y / y.P^-1 y of the newest pair, or
+    ``fallback`` (length^2/energy) where there is none; ``precondition(v)``
+    applies P^-1 (identity when None). Returns (W, D).
+    """
+    q = v.clone()
+    sy = (s * y).sum(-1)                                    # (W, m)
+    rho = torch.where(sy > 0, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy))
+    m = s.shape[1]
+    alphas = []
+    for i in reversed(range(m)):
+        a = rho[:, i] * (s[:, i] * q).sum(-1)
+        q = q - a[:, None] * y[:, i]
+        alphas.append(a)
+    if precondition is not None:
+        q, y_last = precondition(q), precondition(y[:, -1])
+    else:
+        y_last = y[:, -1]
+    yy = (y[:, -1] * y_last).sum(-1)
+    have = (rho[:, -1] > 0) & (yy > 0)
+    gamma = torch.where(have, sy[:, -1] / yy.clamp_min(1e-300), torch.full_like(yy, fallback))
+    r = gamma[:, None] * q
+    for i, a in zip(range(m), reversed(alphas)):
+        b = rho[:, i] * (y[:, i] * r).sum(-1)
+        r = r + (a - b)[:, None] * s[:, i]
+    return r
+
+
+def rigid_free(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """d (W, N, 3) without its components along the rigid translations and
+    rotations of the geometries x (W, N, 3)."""
+    W, N, _ = x.shape
+    c = x - x.mean(1, keepdim=True)
+    eye = torch.eye(3, dtype=x.dtype, device=x.device)
+    translations = eye.expand(W, N, 3, 3).permute(0, 3, 1, 2)            # (W, 3, N, 3)
+    rotations = torch.cross(eye[None, :, None, :].expand(W, 3, N, 3),
+                            c[:, None].expand(W, 3, N, 3), dim=-1)        # (W, 3, N, 3)
+    basis = torch.cat([translations, rotations], 1).reshape(W, 6, -1).transpose(1, 2)
+    # (W, 3N, 6); a linear molecule has a null rotation: R's diagonal shows it
+    Q, R = torch.linalg.qr(basis)
+    live = (R.diagonal(dim1=-2, dim2=-1).abs() > 1e-8).to(x.dtype)        # (W, 6)
+    flat = d.reshape(W, -1)
+    coeff = (Q * flat[:, :, None]).sum(1) * live
+    return (flat - (Q * coeff[:, None, :]).sum(-1)).reshape(d.shape)
+
+
+def soft_directions(s, y, power: int = 3, fallback: float = 1.0):
+    """A ``directions(x, rng)`` for :func:`bounce` that favours soft modes.
+
+    Gaussian random directions, rigid motions removed, multiplied ``power``
+    times by the L-BFGS inverse-Hessian model (s, y) (W, m, 3N) of a nearby
+    minimum, so a component along a mode of curvature k grows as k^-power.
+    Walkers with no pairs get the isotropic direction (less rigid motions).
+    No force calls.
+    """
+    def draw(x, rng):
+        d = rigid_free(x, isotropic(x, rng))
+        W = x.shape[0]
+        for _ in range(power):
+            d = _unit(d)
+            d = rigid_free(x, inverse_hessian_apply(s, y, d.reshape(W, -1), fallback).reshape(x.shape))
+        return d
+    return draw
 
 
 def exp_preconditioner(x: torch.Tensor, A: float = 3.0, c_stab: float = 0.1) -> torch.Tensor:

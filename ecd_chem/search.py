@@ -6,10 +6,13 @@ batched evaluation per step (one ANI forward pass for W walkers):
 * **excursion** -- ECD (BBI by default) from the walker's home minimum with an
   extra energy dE: energy conservation lets it climb at most dE above home, so
   it crosses every barrier lower than that; bounces every ``bounce_every`` steps
-  make the path chaotic. Near low V the walker slows down, so its lowest point
-  after the first third of the excursion is a good place to look for a basin.
+  make the path chaotic. In Cartesian space (clusters) the first push goes
+  along the home minimum's soft modes, which lead over its low saddles. Near
+  low V the walker slows down, so its lowest point after the first third of the
+  excursion is a good place to look for a basin.
 * **quench** -- batched L-BFGS from that lowest point down to ``quench_fmax``
-  (molecules: Exp-preconditioned, so torsions relax in fewer steps).
+  (molecules: Exp-preconditioned, so torsions relax in fewer steps); a quench
+  that cannot become the new lowest minimum may stop at ``screen_fmax``.
 
 Every quenched minimum is checked (molecules: same bond topology as the input,
 else it is discarded) and deduplicated (molecules: RMSD after alignment with
@@ -108,14 +111,24 @@ class ConformerSearch:
         others at ``atoms`` rattled by ``start_rattle`` (A).
     kind: 'molecule', 'cluster' or 'auto' (cluster when all atoms are one element).
     excursion_energy: initial dE above home, adapted per walker between /4 and x8.
-        Defaults: 0.3 eV for molecules; 15 for clusters, in the units of LJ with
+        Defaults: 0.3 eV for molecules; 5 for clusters, in the units of LJ with
         epsilon = 1 (scale it with the binding energy per atom for other potentials).
     gap: initial height of the walker above its floor (molecules 0.5 eV, clusters 4).
     excursion_steps, dt, gap, bounce_every, method, eta: the ECD excursion.
         Molecules with rotatable bonds move in torsion space instead, with
         ``torsion_dt`` and at most ``torsion_max_step`` radians per torsion per step.
     harvest_after: fraction of the excursion after which its lowest point is sought.
+    kick: how an excursion's momentum direction is drawn in Cartesian space
+        (clusters, rigid molecules): 'isotropic' (Gaussian), or 'soft': a Gaussian
+        direction, rigid motions removed, multiplied ``kick_power`` times by the
+        inverse-Hessian model that the L-BFGS quench of the home minimum left
+        behind, so the energy goes into the minimum's soft modes, which lead over
+        its low saddles (no extra force calls). Torsion space ignores it.
     quench_fmax, refine_fmax (eV/A): quench and final refinement thresholds.
+    screen_fmax (eV/A): a quench whose energy stays above the lowest known
+        minimum (by more than the archive's energy gate) may stop at this looser
+        threshold: it only has to tell which minimum it reached. Clusters 0.03;
+        molecules: quench_fmax (no screening).
     energy_window (kcal/mol): conformers kept above the lowest.
     energy_tolerance (kcal/mol), rmsd_threshold (A): duplicates are closer in both.
     temperature (K): Boltzmann weights.
@@ -129,8 +142,8 @@ class ConformerSearch:
                  excursion_energy=None, excursion_steps=None, energy_growth=1.5,
                  harvest_after=1 / 3, dt=0.1, gap=None, bounce_every=10,
                  torsion_dt=0.3, torsion_max_step=0.35, home_policy="lower", method="bbi",
-                 eta=1.0, max_step=0.2,
-                 quench_fmax=None, quench_steps=500, refine_fmax=None,
+                 eta=1.0, max_step=0.2, kick="soft", kick_power=3,
+                 quench_fmax=None, screen_fmax=None, quench_steps=500, refine_fmax=None,
                  energy_window=6.0, energy_tolerance=0.05, rmsd_threshold=0.125,
                  temperature=298.15, start_rattle=0.1, target_energy=None,
                  checkpoint=None, checkpoint_every=25, refine_reserve=0.1):
@@ -164,18 +177,22 @@ class ConformerSearch:
         self.seed = int(seed)
         self.starts = starts
         self.start_rattle = start_rattle
-        self.excursion_energy = excursion_energy or (15.0 if cluster else 0.3)
+        self.excursion_energy = excursion_energy or (5.0 if cluster else 0.3)
         self.excursion_steps = int(excursion_steps or (60 if cluster else 30))
         self.energy_growth = energy_growth
         self.harvest_after = float(harvest_after)
         if home_policy not in ("lower", "follow", "window"):
             raise ValueError(f"home_policy must be 'lower', 'follow' or 'window', got {home_policy!r}")
         self.home_policy = home_policy
+        if kick not in ("isotropic", "soft"):
+            raise ValueError(f"kick must be 'isotropic' or 'soft', got {kick!r}")
+        self.kick, self.kick_power = kick, int(kick_power)
         self.hp = ecd.ECDParams(method=method, dt=dt, eta=eta, gap=gap or (4.0 if cluster else 0.5),
                                 bounce_every=bounce_every, fixed_bounces=10 ** 9,
                                 max_step=max_step)
         self.qp = ecd.QuenchParams(memory=30, max_step=max_step, precon=not cluster)
         self.quench_fmax = quench_fmax or (0.01 if cluster else 0.05)
+        self.screen_fmax = max(self.quench_fmax, screen_fmax or (0.03 if cluster else 0.0))
         self.quench_steps = int(quench_steps)
         self.refine_fmax = refine_fmax or (1e-3 if cluster else 0.01)
         self.energy_window = energy_window * KCAL_PER_MOL
@@ -220,10 +237,15 @@ class ConformerSearch:
             return diff.max() < self.rmsd_threshold
         return rmsd(a.positions, positions, self.classes) < self.rmsd_threshold
 
+    @property
+    def archive_gate(self) -> float:
+        """Energy gate (eV) of the dedup during the search: looser than
+        energy_tolerance, which the final dedup of refined minima uses."""
+        return 10 * self.energy_tolerance
+
     def _archive(self, positions, energy, gradient) -> tuple[bool, int]:
-        """Add a minimum unless known; (is_new, index). Loose energy gate during
-        the search (quenches are loose); the final dedup uses energy_tolerance."""
-        gate = 10 * self.energy_tolerance
+        """Add a minimum unless known; (is_new, index)."""
+        gate = self.archive_gate
         for i, known in enumerate(self.minima):
             if self._same(known, positions, energy, gate):
                 known.visits += 1
@@ -274,6 +296,8 @@ class ConformerSearch:
         self.exploring = torch.zeros(self.W, dtype=torch.bool)
         self.home_x, self.home_f, self.home_g = x.clone(), f.clone(), g.clone()
         self.energy = torch.full((self.W,), float(self.excursion_energy), dtype=torch.float64)
+        # the L-BFGS curvature pairs the quench of each home left (zero: none)
+        self.home_s, self.home_y = self.quench.s.clone(), self.quench.y.clone()
         self.iteration = 0
 
     @staticmethod
@@ -295,7 +319,8 @@ class ConformerSearch:
             hp = dataclasses.replace(self.hp, delta_energy=float(self.energy[w]))
             x, f, g = self.home_x[w:w + 1], self.home_f[w:w + 1], self.home_g[w:w + 1]
             state = ecd.init(self.space.initial(x), f, self.space.gradient(x, g), hp, rng=self.rng)
-            fresh.append(ecd.bounce(state, torch.tensor([True])))   # random direction at a minimum
+            # a random direction at a minimum
+            fresh.append(ecd.bounce(state, torch.tensor([True]), self._directions([w])))
         merged = fresh[0] if len(fresh) == 1 else dataclasses.replace(fresh[0], **{
             f.name: torch.cat([getattr(s, f.name) for s in fresh])
             for f in dataclasses.fields(fresh[0]) if f.name != "rng"})
@@ -304,6 +329,12 @@ class ConformerSearch:
                             ("best_cart", self.home_x), ("best_cart_g", self.home_g)):
             getattr(self, name)[idx] = value[idx]
         self.exploring[idx] = True
+
+    def _directions(self, rows):
+        """How walkers ``rows`` draw new momentum directions (see ``kick``)."""
+        if self.kick == "soft" and isinstance(self.space, CartesianSpace):
+            return ecd.soft_directions(self.home_s[rows], self.home_y[rows], self.kick_power)
+        return ecd.isotropic
 
     def _start_quenches(self, rows: list[int], x, f, g):
         if not rows:
@@ -333,6 +364,7 @@ class ConformerSearch:
                  "window": f < home + 0.5 * float(self.energy[w])}[self.home_policy]
         if moves or not math.isfinite(home):
             self.home_x[w], self.home_f[w], self.home_g[w] = self.quench.x[w], f, self.quench.g[w]
+            self.home_s[w], self.home_y[w] = self.quench.s[w], self.quench.y[w]
 
     # -- main loop ------------------------------------------------------------------------------------
     def _done(self) -> bool:
@@ -402,7 +434,11 @@ class ConformerSearch:
             self.best_cart_g = torch.where(restart[:, None, None], self.cart_g, self.best_cart_g)
             ended = [w for w in range(self.W) if self.exploring[w] and w not in failed_rows
                      and int(steps[w]) >= self.excursion_steps]
-            converged = ecd.max_force(self.quench.g) < self.quench_fmax
+            # tight only where the quench may end at or below the lowest minimum
+            near_lowest = self.quench.f < self.lowest + self.archive_gate
+            fmax = torch.where(near_lowest, torch.tensor(self.quench_fmax, dtype=torch.float64),
+                               torch.tensor(self.screen_fmax, dtype=torch.float64))
+            converged = ecd.max_force(self.quench.g) < fmax
             settled = [w for w in range(self.W) if not self.exploring[w] and w not in failed_rows
                        and (bool(converged[w]) or int(self.quench.steps[w]) >= self.quench_steps)]
             for w in settled:
@@ -509,6 +545,7 @@ class ConformerSearch:
             "exploring": self.exploring.tolist(), "home_x": self.home_x.tolist(),
             "home_f": self.home_f.tolist(), "home_g": self.home_g.tolist(),
             "energy": self.energy.tolist(),
+            "home_s": self.home_s.tolist(), "home_y": self.home_y.tolist(),
             **{name: getattr(self, name).tolist()
                for name in ("cart", "cart_g", "best_cart", "best_cart_g")},
         }
@@ -543,5 +580,8 @@ class ConformerSearch:
         self.home_f = torch.tensor(data["home_f"], dtype=torch.float64)
         self.home_g = torch.tensor(data["home_g"], dtype=torch.float64)
         self.energy = torch.tensor(data["energy"], dtype=torch.float64)
+        zeros = torch.zeros_like(self.quench.s)
+        self.home_s = torch.tensor(data["home_s"], dtype=torch.float64) if "home_s" in data else zeros
+        self.home_y = torch.tensor(data["home_y"], dtype=torch.float64) if "home_y" in data else zeros.clone()
         for name in ("cart", "cart_g", "best_cart", "best_cart_g"):
             setattr(self, name, torch.tensor(data[name], dtype=torch.float64))

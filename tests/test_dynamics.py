@@ -250,3 +250,90 @@ def test_preconditioned_quench_reaches_the_same_minimum_in_fewer_steps():
     assert plain_ok.all() and pre_ok.all()
     assert torch.allclose(pre.f, plain.f, atol=2e-4)                 # eV
     assert int(pre_used.sum()) < int(plain_used.sum())
+
+
+def _spd(D, seed, soft=None):
+    """A random symmetric positive-definite matrix (D, D); its eigenvalues and vectors."""
+    gen = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(D, D, generator=gen, dtype=torch.float64))
+    k = torch.linspace(1.0, 10.0, D, dtype=torch.float64)
+    if soft is not None:
+        k[0] = soft
+    return Q @ torch.diag(k) @ Q.T, k, Q
+
+
+def test_inverse_hessian_model_is_exact_after_conjugate_pairs_of_a_quadratic():
+    D = 6
+    A, _, Q = _spd(D, 0)
+    s = Q.T[None]                                  # eigenvectors are A-conjugate
+    y = s @ A
+    v = torch.randn(2, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    Hv = ecd.inverse_hessian_apply(s.expand(2, D, D), y.expand(2, D, D), v, 1 / 70)
+    assert torch.allclose(Hv, torch.linalg.solve(A, v.T).T, atol=1e-10)
+    # no pairs at all: the fallback scale times v
+    zeros = torch.zeros(2, 3, D, dtype=torch.float64)
+    assert torch.allclose(ecd.inverse_hessian_apply(zeros, zeros, v, 0.5), 0.5 * v)
+
+
+def test_rigid_free_removes_translation_and_rotation_only():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 7, 3, generator=gen, dtype=torch.float64)
+    shift = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)
+    axis = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(3, 7, 3)
+    spin = torch.cross(axis, x - x.mean(1, keepdim=True), dim=-1)
+    rigid = torch.stack([shift.expand(7, 3), spin[1], shift + spin[2]])
+    assert ecd.rigid_free(x, rigid).abs().max() < 1e-12
+    d = torch.randn(3, 7, 3, generator=gen, dtype=torch.float64)
+    free = ecd.rigid_free(x, d)
+    assert torch.allclose(ecd.rigid_free(x, free), free, atol=1e-12)     # a projection
+    assert torch.allclose(ecd.rigid_free(x, free + rigid), free, atol=1e-12)
+    assert free.sum(1).abs().max() < 1e-12                                # no net translation
+
+
+def test_soft_directions_follow_the_softest_mode_of_the_model():
+    """All atoms at one point: the rotations are null and only translations are removed."""
+    N = 4
+    D = 3 * N
+    A, k, Q = _spd(D, 3, soft=0.01)
+    s = Q.T[None].expand(2, D, D)
+    y = s @ A
+    x = torch.zeros(2, N, 3, dtype=torch.float64)
+    draw = ecd.soft_directions(s, y, power=3)
+    d = draw(x, torch.Generator().manual_seed(4))
+    assert d.shape == (2, N, 3)
+    soft_mode = ecd.rigid_free(x, Q[:, 0].reshape(1, N, 3).expand(2, N, 3))
+    cos = (d * soft_mode).flatten(1).sum(1) / (d.flatten(1).norm(dim=1) * soft_mode.flatten(1).norm(dim=1))
+    assert cos.abs().min() > 0.99
+    # with no curvature pairs it is the isotropic draw less rigid motions
+    none = torch.zeros(2, 5, D, dtype=torch.float64)
+    plain = ecd.soft_directions(none, none)(x, torch.Generator().manual_seed(4))
+    iso = ecd.rigid_free(x, ecd.isotropic(x, torch.Generator().manual_seed(4)))
+    assert torch.allclose(plain / plain.flatten(1).norm(dim=1)[:, None, None],
+                          iso / iso.flatten(1).norm(dim=1)[:, None, None], atol=1e-12)
+
+
+def test_soft_kicks_point_along_low_curvature_at_a_quenched_lj_minimum():
+    """What the search's kick='soft' relies on: the pairs a quench leaves behind
+    find the soft modes of the minimum it reached, with no extra force calls."""
+    from ecd_chem.calculators import Evaluator
+    from ecd_chem.potentials import LennardJonesModel, random_cluster
+    atoms = random_cluster(13, seed=0)
+    evaluate = Evaluator(LennardJonesModel(), atoms)
+    x = torch.tensor(atoms.positions)[None]
+    qp = ecd.QuenchParams(memory=30)
+    state, converged, _ = ecd.quench_until(ecd.quench_init(x, *evaluate(x), qp), evaluate,
+                                           1e-3, 2000, qp)
+    assert converged.all()
+    rng = torch.Generator().manual_seed(0)
+    home = state.x.expand(32, 13, 3)
+
+    def curvature(d):
+        d = d / d.flatten(1).norm(dim=1)[:, None, None]
+        h = 1e-4
+        _, g_plus = evaluate(home + h * d)
+        _, g_minus = evaluate(home - h * d)
+        return ((g_plus - g_minus) * d).flatten(1).sum(1) / (2 * h)
+
+    soft = ecd.soft_directions(state.s.expand(32, -1, -1), state.y.expand(32, -1, -1))(home, rng)
+    plain = ecd.rigid_free(home, ecd.isotropic(home, rng))
+    assert curvature(soft).mean() < 0.4 * curvature(plain).mean()   # measured 0.27

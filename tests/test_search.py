@@ -19,11 +19,12 @@ MOLECULES = Path(__file__).resolve().parent.parent / "molecules"
 LJ13 = -44.326801
 
 
+@pytest.mark.parametrize("kick", ["isotropic", "soft"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_lj13_global_minimum(seed):
+def test_lj13_global_minimum(seed, kick):
     """Budget 10,000 force calls, 4 walkers: found for every seed tried here."""
     result = ConformerSearch(random_cluster(13, seed=seed), walkers=4, max_force_calls=10_000,
-                             seed=seed, target_energy=LJ13 + 1e-3).run()
+                             seed=seed, target_energy=LJ13 + 1e-3, kick=kick).run()
     assert result.best.info["energy"] == pytest.approx(LJ13, abs=1e-3)
     assert result.force_calls <= 10_000
 
@@ -125,6 +126,15 @@ class CountingLJ(LennardJonesModel):
         return super().evaluate(atoms, positions)
 
 
+def test_quenches_screen_loosely_and_the_lowest_minimum_is_quenched_tight():
+    search = ConformerSearch(random_cluster(13, seed=0), walkers=4, max_force_calls=3000, seed=0)
+    search.run()
+    largest_force = {id(m): np.linalg.norm(m.gradient, axis=1).max() for m in search.minima}
+    best = min(search.minima, key=lambda m: m.energy)
+    assert largest_force[id(best)] < search.quench_fmax == 0.01
+    assert any(0.01 <= f < search.screen_fmax == 0.03 for f in largest_force.values())
+
+
 @pytest.mark.parametrize("budget", [16, 101, 777])
 def test_force_call_budget_is_never_exceeded(budget):
     model = CountingLJ()
@@ -175,11 +185,13 @@ def test_resume_after_kill_keeps_every_minimum(tmp_path):
     assert saved["minima"] and saved["calls"] <= 1500 + 4     # the killed batch counts
     search = ConformerSearch(random_cluster(19, seed=1), LennardJonesModel(), **kwargs)
     result = search.run()
-    found = [m.energy for m in search.minima]
-    for m in saved["minima"]:
-        assert min(abs(m["energy"] - e) for e in found) < 1e-3 or m["energy"] >= min(found)
-        assert any(np.allclose(m["positions"], k.positions) or abs(m["energy"] - k.energy) < 1e-6
-                   for k in search.minima)
+    # the archive only grows; a record's energy only falls (a lower revisit, or
+    # the final refinement of a loosely quenched minimum) and it stays the same minimum
+    assert len(search.minima) > len(saved["minima"])
+    for m, kept in zip(saved["minima"], search.minima):
+        assert kept.energy <= m["energy"] + 1e-9
+        moved = np.abs(cluster_fingerprint(kept.positions) - cluster_fingerprint(np.array(m["positions"])))
+        assert moved.max() < search.rmsd_threshold
     assert result.force_calls <= 3000 and result.force_calls > saved["calls"]
 
 
@@ -210,6 +222,7 @@ def test_failing_walker_is_restarted_and_the_search_goes_on():
     (dict(walkers=0), "walkers"),
     (dict(max_force_calls=3), "cannot pay"),
     (dict(kind="gas"), "kind"),
+    (dict(kick="hard"), "kick"),
 ])
 def test_bad_search_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
