@@ -192,7 +192,9 @@ class ConformerSearch:
                                 max_step=max_step)
         self.qp = ecd.QuenchParams(memory=30, max_step=max_step, precon=not cluster)
         self.quench_fmax = quench_fmax or (0.01 if cluster else 0.05)
-        self.screen_fmax = max(self.quench_fmax, screen_fmax or (0.03 if cluster else 0.0))
+        if screen_fmax is None:
+            screen_fmax = 0.03 if cluster else self.quench_fmax
+        self.screen_fmax = max(self.quench_fmax, screen_fmax)
         self.quench_steps = int(quench_steps)
         self.refine_fmax = refine_fmax or (1e-3 if cluster else 0.01)
         self.energy_window = energy_window * KCAL_PER_MOL
@@ -368,9 +370,7 @@ class ConformerSearch:
 
     # -- main loop ------------------------------------------------------------------------------------
     def _done(self) -> bool:
-        if self.target_energy is not None and self.minima:
-            return min(m.energy for m in self.minima) <= self.target_energy
-        return False
+        return self.target_energy is not None and self.lowest <= self.target_energy
 
     def run(self) -> SearchResult:
         t0 = time.perf_counter()
