@@ -16,6 +16,8 @@
                                 [--molecule-seeds 5] [--json f]
     python benchmarks/global.py --lj --molecules propanal --reference old.json \
                                 --set energy_growth=1.2      # a variant, old references
+    python benchmarks/global.py --lj 19 --seeds 16 --walkers 4 --peers --molecules \
+                                --set kick=isotropic excursion_energy=15   # a cluster variant
 """
 from __future__ import annotations
 
@@ -124,15 +126,15 @@ def run_ase(kind, n, seed, target, budget):
     return atoms.calc.hit
 
 
-def run_ecd(n, seed, target, budget, walkers):
+def run_ecd(n, seed, target, budget, walkers, settings=None):
     result = ConformerSearch(random_cluster(n, seed=seed), walkers=walkers,
                              max_force_calls=budget, seed=seed,
-                             target_energy=target + 1e-3).run()
+                             target_energy=target + 1e-3, **(settings or {})).run()
     hits = [calls for calls, e in result.history if e <= target + 1e-3]
     return hits[0] if hits else None, result
 
 
-def lj_benchmark(sizes, seeds, walker_counts, peers, seeds_large):
+def lj_benchmark(sizes, seeds, walker_counts, peers, seeds_large, settings=None):
     targets = lj_targets()
     table = {}
     for n in sizes:
@@ -141,7 +143,7 @@ def lj_benchmark(sizes, seeds, walker_counts, peers, seeds_large):
         shares = {}                     # label -> ECD-step share of each run's force calls
 
         def search(s, w, n=n, budget=budget):
-            hit, result = run_ecd(n, s, targets[n], budget, w)
+            hit, result = run_ecd(n, s, targets[n], budget, w, settings)
             shares.setdefault(f"ConformerSearch W={w}", []).append(
                 result.ecd_calls / result.force_calls)
             return hit
@@ -269,7 +271,7 @@ def main():
     parser.add_argument("--molecule-seeds", type=int, default=5)
     parser.add_argument("--reference", help="reuse the ETKDG references of this --json report")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="ConformerSearch settings for the molecules, e.g. energy_growth=1.2")
+                        help="ConformerSearch settings (clusters and molecules), e.g. kick_power=6")
     parser.add_argument("--json")
     args = parser.parse_args()
     settings = dict(parse_setting(item) for item in args.set)
@@ -277,7 +279,7 @@ def main():
                  if args.reference else None)
     t0 = time.time()
     report = {"lj": lj_benchmark(args.lj, args.seeds, args.walkers, args.peers,
-                                 args.seeds_large)}
+                                 args.seeds_large, settings)}
     report["molecules"] = molecule_benchmark(args.molecules, args.etkdg, args.molecule_budget,
                                              args.molecule_walkers, args.molecule_seeds, reference,
                                              settings)
