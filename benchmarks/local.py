@@ -64,7 +64,8 @@ def relax(cls, atoms, seed, stop, max_calls=MAX_CALLS):
     counter = Counting(atoms.calc)
     opt = make_optimizer(cls, atoms, seed)
     hits = {}
-    for _ in opt.irun(fmax=0.0, steps=max_calls):
+    # fmax far below any stop threshold: the loop below decides when to stop
+    for _ in opt.irun(fmax=1e-12, steps=max_calls):
         forces = atoms.get_forces()
         for key, done in stop(forces).items():
             if done and key not in hits:
