@@ -494,6 +494,29 @@ def soft_directions(s, y, power: int = 3, fallback: float = 1.0):
     return draw
 
 
+def sparse_directions(weights: torch.Tensor, count: int = 2):
+    """A ``directions(x, rng)`` for :func:`bounce` that puts the whole momentum
+    on ``count`` coordinates per walker, drawn without replacement with
+    probabilities proportional to ``weights`` (D,) over the flattened
+    coordinates, with Gaussian components there; fewer where fewer weights are
+    positive. The conformer search uses it in torsion space, so an excursion's
+    energy goes into one or two torsions and crosses their barriers instead of
+    spreading thinly over all of them.
+    """
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    if weights.ndim != 1 or not bool((weights >= 0).all()) or not bool((weights > 0).any()):
+        raise ValueError("sparse_directions needs non-negative weights, some positive")
+    count = min(int(count), int((weights > 0).sum()))
+
+    def draw(x, rng):
+        W = x.shape[0]
+        w = weights.to(x.dtype).expand(W, -1)
+        pick = torch.multinomial(w, count, replacement=False, generator=rng)
+        mask = torch.zeros(W, w.shape[1], dtype=x.dtype).scatter_(1, pick, 1.0)
+        return isotropic(x, rng) * mask.to(x.device).reshape(x.shape)
+    return draw
+
+
 def exp_preconditioner(x: torch.Tensor, A: float = 3.0, c_stab: float = 0.1) -> torch.Tensor:
     """The 'Exp' preconditioner of Packwood et al. (J. Chem. Phys. 144, 164109)
     for positions (W, N, 3): a graph Laplacian (W, N, N) with pair weights

@@ -7,7 +7,9 @@ batched evaluation per step (one ANI forward pass for W walkers):
   extra energy dE: energy conservation lets it climb at most dE above home, so
   it crosses every barrier lower than that; bounces every ``bounce_every`` steps
   make the path chaotic. In Cartesian space (clusters) the first push goes
-  along the home minimum's soft modes, which lead over its low saddles. Near
+  along the home minimum's soft modes, which lead over its low saddles; in
+  torsion space (flexible molecules) it goes on two torsions drawn at random,
+  methyl rotors less often, so the energy crosses their barriers. Near
   low V the walker slows down, so its lowest point after the first third of the
   excursion is a good place to look for a basin.
 * **quench** -- batched L-BFGS from that lowest point down to ``quench_fmax``
@@ -114,16 +116,22 @@ class ConformerSearch:
         Defaults: 0.3 eV for molecules; 5 for clusters, in the units of LJ with
         epsilon = 1 (scale it with the binding energy per atom for other potentials).
     gap: initial height of the walker above its floor (molecules 0.5 eV, clusters 4).
-    excursion_steps, dt, gap, bounce_every, method, eta: the ECD excursion.
-        Molecules with rotatable bonds move in torsion space instead, with
-        ``torsion_dt`` and at most ``torsion_max_step`` radians per torsion per step.
+    excursion_steps, dt, gap, bounce_every, method, eta: the ECD excursion
+        (steps: clusters 60, molecules 30). Molecules with rotatable bonds move
+        in torsion space instead, with ``torsion_dt``, at most
+        ``torsion_max_step`` radians per torsion per step, and 15 steps.
     harvest_after: fraction of the excursion after which its lowest point is sought.
-    kick: how an excursion's momentum direction is drawn in Cartesian space
-        (clusters, rigid molecules): 'isotropic' (Gaussian), or 'soft': a Gaussian
-        direction, rigid motions removed, multiplied ``kick_power`` times by the
-        inverse-Hessian model that the L-BFGS quench of the home minimum left
-        behind, so the energy goes into the minimum's soft modes, which lead over
-        its low saddles (no extra force calls). Torsion space ignores it.
+    kick: how an excursion's first momentum direction is drawn: 'isotropic'
+        (Gaussian over all coordinates), or 'soft', which puts the energy where
+        it leads over low saddles, at no extra force calls. In Cartesian space
+        (clusters, rigid molecules), a Gaussian direction, rigid motions
+        removed, multiplied ``kick_power`` times by the inverse-Hessian model
+        that the L-BFGS quench of the home minimum left behind, so it points
+        along the minimum's soft modes. In torsion space, the whole momentum
+        goes on ``kick_torsions`` torsions drawn at random, symmetric tops (CH3)
+        drawn with weight ``top_weight`` against 1, so the energy crosses one or
+        two torsional barriers instead of spreading over all. Bounces stay
+        isotropic.
     quench_fmax, refine_fmax (eV/A): quench and final refinement thresholds.
     screen_fmax (eV/A): a quench whose energy stays above the lowest known
         minimum (by more than the archive's energy gate) may stop at this looser
@@ -142,7 +150,8 @@ class ConformerSearch:
                  excursion_energy=None, excursion_steps=None, energy_growth=1.5,
                  harvest_after=1 / 3, dt=0.1, gap=None, bounce_every=10,
                  torsion_dt=0.3, torsion_max_step=0.35, home_policy="lower", method="bbi",
-                 eta=1.0, max_step=0.2, kick="soft", kick_power=3,
+                 eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_torsions=2,
+                 top_weight=0.3,
                  quench_fmax=None, screen_fmax=None, quench_steps=500, refine_fmax=None,
                  energy_window=6.0, energy_tolerance=0.05, rmsd_threshold=0.125,
                  temperature=298.15, start_rattle=0.1, target_energy=None,
@@ -187,6 +196,9 @@ class ConformerSearch:
         if kick not in ("isotropic", "soft"):
             raise ValueError(f"kick must be 'isotropic' or 'soft', got {kick!r}")
         self.kick, self.kick_power = kick, int(kick_power)
+        if int(kick_torsions) < 1 or not top_weight >= 0:
+            raise ValueError(f"kick_torsions must be >= 1 and top_weight >= 0, got "
+                             f"{kick_torsions} and {top_weight}")
         self.hp = ecd.ECDParams(method=method, dt=dt, eta=eta, gap=gap or (4.0 if cluster else 0.5),
                                 bounce_every=bounce_every, fixed_bounces=10 ** 9,
                                 max_step=max_step)
@@ -208,10 +220,15 @@ class ConformerSearch:
         self.topology = None if cluster else bond_graph(self.atoms)
         # molecules explore in torsion space, where conformers differ and no
         # stiff bond limits the step; clusters (and rigid molecules) in Cartesians
-        torsions = None if cluster else TorsionSpace(self.topology)
+        torsions = None if cluster else TorsionSpace(self.topology, self.atoms.numbers)
         self.space = torsions if torsions is not None and torsions.count else CartesianSpace()
         if isinstance(self.space, TorsionSpace):
             self.hp = dataclasses.replace(self.hp, dt=torsion_dt, max_step=torsion_max_step)
+            self.excursion_steps = int(excursion_steps or 15)
+            weights = np.where(self.space.symmetric_top, float(top_weight), 1.0)
+            if not weights.any():       # every torsion a symmetric top: draw among all
+                weights = np.ones_like(weights)
+            self.torsion_kick = ecd.sparse_directions(torch.tensor(weights), int(kick_torsions))
         self.classes = (np.zeros(len(atoms), int) if cluster
                         else equivalence_classes(self.atoms.numbers, self.topology))
         self.evaluate = Evaluator(self.model, self.atoms)
@@ -334,9 +351,11 @@ class ConformerSearch:
 
     def _directions(self, rows):
         """How walkers ``rows`` draw new momentum directions (see ``kick``)."""
-        if self.kick == "soft" and isinstance(self.space, CartesianSpace):
+        if self.kick == "isotropic":
+            return ecd.isotropic
+        if isinstance(self.space, CartesianSpace):
             return ecd.soft_directions(self.home_s[rows], self.home_y[rows], self.kick_power)
-        return ecd.isotropic
+        return self.torsion_kick
 
     def _start_quenches(self, rows: list[int], x, f, g):
         if not rows:

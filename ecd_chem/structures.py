@@ -251,13 +251,22 @@ class TorsionSpace:
     (r_k - r_j)) over the rotating atoms k (u_b the unit bond axis).
     """
 
-    def __init__(self, adjacency: np.ndarray):
+    def __init__(self, adjacency: np.ndarray, numbers=None):
         bonds = rotatable_bonds(adjacency)
         self.count = len(bonds)
         self.i = np.array([b[0] for b in bonds], dtype=int)
         self.j = np.array([b[1] for b in bonds], dtype=int)
         self.side = (np.stack([b[2] for b in bonds]).astype(float) if bonds
                      else np.zeros((0, len(adjacency))))
+        # (T,) torsions that turn a symmetric top (CH3, CF3): three like terminal
+        # atoms on j, so a turn by 120 degrees gives back the same conformer
+        self.symmetric_top = np.zeros(self.count, bool)
+        if numbers is not None:
+            degree = adjacency.sum(1)
+            for t, (i, j) in enumerate(zip(self.i, self.j)):
+                ends = [k for k in np.flatnonzero(adjacency[j]) if k != i]
+                self.symmetric_top[t] = (len(ends) == 3 and all(degree[k] == 1 for k in ends)
+                                         and len({int(numbers[k]) for k in ends}) == 1)
 
     def initial(self, cart):
         import torch

@@ -312,6 +312,24 @@ def test_soft_directions_follow_the_softest_mode_of_the_model():
                           iso / iso.flatten(1).norm(dim=1)[:, None, None], atol=1e-12)
 
 
+def test_sparse_directions_put_the_momentum_on_count_coordinates_drawn_by_weight():
+    weights = torch.tensor([1.0, 0.0, 1.0, 0.3, 1.0])
+    x = torch.zeros(400, 5, 1, dtype=torch.float64)
+    d = ecd.sparse_directions(weights, 2)(x, torch.Generator().manual_seed(0)).flatten(1)
+    chosen = d != 0
+    assert (chosen.sum(1) == 2).all()                  # every walker: exactly two
+    assert not chosen[:, 1].any()                      # weight 0: never
+    share = chosen.double().mean(0)
+    assert share[3] < 0.5 * share[[0, 2, 4]].min()     # weight 0.3: less often
+    assert len({tuple(row) for row in chosen.tolist()}) > 3    # walkers draw apart
+    # more than the positive weights allow: all of those, and no more
+    d = ecd.sparse_directions(weights, 9)(x[:3], torch.Generator().manual_seed(1)).flatten(1)
+    assert ((d != 0) == (weights > 0)).all()
+    for bad in ([0.0, 0.0], [1.0, -1.0]):
+        with pytest.raises(ValueError, match="weights"):
+            ecd.sparse_directions(torch.tensor(bad))
+
+
 def test_soft_kicks_point_along_low_curvature_at_a_quenched_lj_minimum():
     """What the search's kick='soft' relies on: the pairs a quench leaves behind
     find the soft modes of the minimum it reached, with no extra force calls."""

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from ase.build import molecule
 from ase.io import read
 from scipy.spatial.transform import Rotation
@@ -10,8 +11,8 @@ from scipy.spatial.transform import Rotation
 from ecd_chem import ConformerSearch
 from ecd_chem.search import Minimum
 from ecd_chem.potentials import LennardJonesModel, random_cluster
-from ecd_chem.structures import (bond_graph, cluster_fingerprint, equivalence_classes,
-                                 rmsd)
+from ecd_chem.structures import (TorsionSpace, bond_graph, cluster_fingerprint,
+                                 equivalence_classes, rmsd)
 
 from pathlib import Path
 
@@ -87,6 +88,32 @@ def test_equivalence_classes_find_methyl_hydrogens():
     methyl = [i for i in np.flatnonzero(bond_graph(ethanol)[1]) if ethanol.numbers[i] == 1]
     assert len({classes[i] for i in methyl}) == 1
     assert len(set(classes)) < len(ethanol)
+
+
+def test_torsion_space_marks_symmetric_tops():
+    dipeptide = read(MOLECULES / "alanine_dipeptide.xyz")
+    space = TorsionSpace(bond_graph(dipeptide), dipeptide.numbers)
+    # two amide methyls and the side-chain methyl, not phi, psi or the amide bonds
+    assert space.count == 7 and space.symmetric_top.sum() == 3
+    for t in np.flatnonzero(space.symmetric_top):
+        assert dipeptide.numbers[space.j[t]] == 6
+    ethanol = molecule("CH3CH2OH")
+    space = TorsionSpace(bond_graph(ethanol), ethanol.numbers)
+    bonds = {tuple(sorted(ethanol.numbers[[i, j]])): bool(top)
+             for i, j, top in zip(space.i, space.j, space.symmetric_top)}
+    assert bonds == {(6, 6): True, (6, 8): False}      # the OH rotor is not a top
+
+
+@pytest.mark.parametrize("kick, nonzero", [("soft", 2), ("isotropic", 7)])
+def test_torsion_kicks_go_on_two_torsions(ani, kick, nonzero):
+    dipeptide = read(MOLECULES / "alanine_dipeptide.xyz")
+    search = ConformerSearch(dipeptide, ani, walkers=64, seed=0, kick=kick)
+    q = torch.zeros(64, 7, 1, dtype=torch.float64)
+    d = search._directions(list(range(64)))(q, torch.Generator().manual_seed(0)).flatten(1)
+    assert ((d != 0).sum(1) == nonzero).all()
+    tops = torch.tensor(search.space.symmetric_top)
+    if kick == "soft":       # methyl rotors drawn with weight 0.3 against 1
+        assert (d[:, tops] != 0).double().mean() < 0.5 * (d[:, ~tops] != 0).double().mean()
 
 
 def test_a_conformer_kept_twice_is_reported_as_found_by_its_first_record():
@@ -223,6 +250,8 @@ def test_failing_walker_is_restarted_and_the_search_goes_on():
     (dict(max_force_calls=3), "cannot pay"),
     (dict(kind="gas"), "kind"),
     (dict(kick="hard"), "kick"),
+    (dict(kick_torsions=0), "kick_torsions"),
+    (dict(top_weight=-1), "top_weight"),
 ])
 def test_bad_search_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
