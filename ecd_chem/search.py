@@ -149,7 +149,7 @@ class ConformerSearch:
                  max_force_calls: int = 5000, seed: int = 0, *, starts=None, kind="auto",
                  excursion_energy=None, excursion_steps=None, energy_growth=1.5,
                  harvest_after=1 / 3, dt=0.1, gap=None, bounce_every=10,
-                 torsion_dt=0.3, torsion_max_step=0.35, home_policy="lower", method="bbi",
+                 torsion_dt=0.9, torsion_max_step=0.35, home_policy="lower", method="bbi",
                  eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_torsions=2,
                  top_weight=0.3,
                  quench_fmax=None, screen_fmax=None, quench_steps=500, refine_fmax=None,
