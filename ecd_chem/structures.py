@@ -259,14 +259,16 @@ class TorsionSpace:
         self.side = (np.stack([b[2] for b in bonds]).astype(float) if bonds
                      else np.zeros((0, len(adjacency))))
         # (T,) torsions that turn a symmetric top (CH3, CF3): three like terminal
-        # atoms on j, so a turn by 120 degrees gives back the same conformer
+        # atoms on either end, so a turn by 120 degrees gives back the same conformer
         self.symmetric_top = np.zeros(self.count, bool)
         if numbers is not None:
             degree = adjacency.sum(1)
-            for t, (i, j) in enumerate(zip(self.i, self.j)):
-                ends = [k for k in np.flatnonzero(adjacency[j]) if k != i]
-                self.symmetric_top[t] = (len(ends) == 3 and all(degree[k] == 1 for k in ends)
-                                         and len({int(numbers[k]) for k in ends}) == 1)
+
+            def top(centre, other):
+                ends = [k for k in np.flatnonzero(adjacency[centre]) if k != other]
+                return (len(ends) == 3 and all(degree[k] == 1 for k in ends)
+                        and len({int(numbers[k]) for k in ends}) == 1)
+            self.symmetric_top[:] = [top(j, i) or top(i, j) for i, j in zip(self.i, self.j)]
 
     def initial(self, cart):
         import torch

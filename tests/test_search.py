@@ -102,6 +102,8 @@ def test_torsion_space_marks_symmetric_tops():
     bonds = {tuple(sorted(ethanol.numbers[[i, j]])): bool(top)
              for i, j, top in zip(space.i, space.j, space.symmetric_top)}
     assert bonds == {(6, 6): True, (6, 8): False}      # the OH rotor is not a top
+    methanol = molecule("CH3OH")                        # the top is on the larger side
+    assert TorsionSpace(bond_graph(methanol), methanol.numbers).symmetric_top.tolist() == [True]
 
 
 @pytest.mark.parametrize("kick, nonzero", [("soft", 2), ("isotropic", 7)])
