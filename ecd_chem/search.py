@@ -20,10 +20,16 @@ Every quenched minimum is checked (molecules: same bond topology as the input,
 else it is discarded) and deduplicated (molecules: RMSD after alignment with
 permutations of topologically equivalent atoms, plus an energy gate; clusters:
 energy and sorted pair distances). Walker policy: the walker moves home to the
-new minimum when it is lower; its dE grows by ``energy_growth`` whenever it
-lands in an already known minimum (it needs more energy to get out) and shrinks
-when it finds a new one or breaks a bond. Force calls of both modes, the final
-refinement and the very first evaluation all count against ``max_force_calls``.
+new minimum when it is lower; dE grows by ``energy_growth`` whenever an
+excursion lands in an already known minimum (more energy is needed to get out)
+and shrinks when it finds a new one or breaks a bond. With
+``home_policy='archive'`` (the default for a single walker on a molecule) dE
+belongs to the home minimum, and the walker leaves a home whose dE has grown to
+``leave_at`` x dE0 for a known minimum drawn by energy and by how little its
+surroundings have been explored, so a conformer reached through a higher one
+(an O-H...O bond after a gauche turn) is found without the walker boiling at
+its first home. Force calls of both modes, the final refinement and the very
+first evaluation all count against ``max_force_calls``.
 """
 from __future__ import annotations
 
@@ -56,6 +62,8 @@ class Minimum:
     visits: int = 1
     refined: bool = False
     gradient: np.ndarray | None = None   # (N, 3) eV/A at positions, so refining needs no re-evaluation
+    excursion_energy: float = 0.0        # eV, dE of excursions from it (home_policy 'archive')
+    curvature: tuple | None = None       # L-BFGS pairs (s, y) its quench left; memory only
 
 
 @dataclass
@@ -132,6 +140,17 @@ class ConformerSearch:
         drawn with weight ``top_weight`` against 1, so the energy crosses one or
         two torsional barriers instead of spreading over all. Bounces stay
         isotropic.
+    home_policy: where a walker's next excursion starts. 'lower': its home,
+        which moves only to a lower minimum; dE is the walker's. 'archive': the
+        same, but dE belongs to the home minimum and, once it has grown to
+        ``leave_at`` x the initial dE (excursions keep landing in known
+        minima), the walker moves to a known minimum drawn with weight
+        exp(-(E - E_lowest)/home_temperature) x (dE0/dE)^2; walkers sharing a
+        home each adapt its dE by the k-th root of the factor. 'auto'
+        (default): 'archive' for one walker on a molecule, else 'lower' (where
+        measured, 'archive' was slower for clusters and for 4 or 8 walkers).
+    home_temperature: that draw's temperature (eV; molecules 0.02, about 0.5
+        kcal/mol; clusters 0.8 in LJ units).
     quench_fmax, refine_fmax (eV/A): quench and final refinement thresholds.
     screen_fmax (eV/A): a quench whose energy stays above the lowest known
         minimum (by more than the archive's energy gate) may stop at this looser
@@ -149,7 +168,8 @@ class ConformerSearch:
                  max_force_calls: int = 5000, seed: int = 0, *, starts=None, kind="auto",
                  excursion_energy=None, excursion_steps=None, energy_growth=1.5,
                  harvest_after=1 / 3, dt=0.1, gap=None, bounce_every=10,
-                 torsion_dt=0.9, torsion_max_step=0.35, home_policy="lower", method="bbi",
+                 torsion_dt=0.9, torsion_max_step=0.35, home_policy="auto", home_temperature=None,
+                 leave_at=4.0, method="bbi",
                  eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_torsions=2,
                  top_weight=0.3,
                  quench_fmax=None, screen_fmax=None, quench_steps=500, refine_fmax=None,
@@ -190,9 +210,16 @@ class ConformerSearch:
         self.excursion_steps = int(excursion_steps or (60 if cluster else 30))
         self.energy_growth = energy_growth
         self.harvest_after = float(harvest_after)
-        if home_policy not in ("lower", "follow", "window"):
-            raise ValueError(f"home_policy must be 'lower', 'follow' or 'window', got {home_policy!r}")
+        if home_policy == "auto":
+            home_policy = "archive" if not cluster and int(walkers) == 1 else "lower"
+        if home_policy not in ("lower", "archive"):
+            raise ValueError(f"home_policy must be 'auto', 'lower' or 'archive', got {home_policy!r}")
         self.home_policy = home_policy
+        self.home_temperature = float(home_temperature or (0.8 if cluster else 0.02))
+        self.leave_at = float(leave_at)
+        if not (self.home_temperature > 0 and self.leave_at >= 1):
+            raise ValueError(f"home_temperature must be > 0 and leave_at >= 1, got "
+                             f"{home_temperature} and {leave_at}")
         if kick not in ("isotropic", "soft"):
             raise ValueError(f"kick must be 'isotropic' or 'soft', got {kick!r}")
         self.kick, self.kick_power = kick, int(kick_power)
@@ -273,7 +300,8 @@ class ConformerSearch:
                     known.gradient = gradient.copy()
                 return False, i
         self.minima.append(Minimum(positions.copy(), float(energy), self.calls,
-                                   gradient=gradient.copy()))
+                                   gradient=gradient.copy(),
+                                   excursion_energy=float(self.excursion_energy)))
         if not self.history or energy < self.history[-1][1]:
             self.history.append((self.calls, float(energy)))
         return True, len(self.minima) - 1
@@ -317,6 +345,7 @@ class ConformerSearch:
         self.energy = torch.full((self.W,), float(self.excursion_energy), dtype=torch.float64)
         # the L-BFGS curvature pairs the quench of each home left (zero: none)
         self.home_s, self.home_y = self.quench.s.clone(), self.quench.y.clone()
+        self.home_index = [-1] * self.W       # each home's place in self.minima (-1: not archived)
         self.iteration = 0
 
     @staticmethod
@@ -335,6 +364,9 @@ class ConformerSearch:
         idx = torch.tensor(rows)
         fresh = []
         for w in rows:
+            if self.home_policy == "archive" and self.home_index[w] >= 0:
+                # another walker may have adapted it since this one moved in
+                self.energy[w] = self.minima[self.home_index[w]].excursion_energy
             hp = dataclasses.replace(self.hp, delta_energy=float(self.energy[w]))
             x, f, g = self.home_x[w:w + 1], self.home_f[w:w + 1], self.home_g[w:w + 1]
             state = ecd.init(self.space.initial(x), f, self.space.gradient(x, g), hp, rng=self.rng)
@@ -365,27 +397,74 @@ class ConformerSearch:
         self.exploring[idx] = False
 
     def _finish_quench(self, w: int):
-        """Walker w's quench ended: check, archive, update its home and energy."""
+        """Walker w's quench ended: check, archive, adapt dE, choose the next home."""
         x = self.quench.x[w].numpy()
         f = float(self.quench.f[w])
-        lo, hi = self.excursion_energy / 4, self.excursion_energy * 8
         if not math.isfinite(f):
             return
         if self.topology is not None:
             probe = self.atoms.copy()
             probe.positions = x
             if not same_topology(bond_graph(probe), self.topology):
-                self.energy[w] = max(lo, float(self.energy[w]) / self.energy_growth)
+                self._adapt_energy(w, 1 / self.energy_growth)
                 return
-        is_new, _ = self._archive(x, f, self.quench.g[w].numpy())
-        grow = 1 / self.energy_growth ** 0.5 if is_new else self.energy_growth
-        self.energy[w] = min(hi, max(lo, float(self.energy[w]) * grow))
+        is_new, index = self._archive(x, f, self.quench.g[w].numpy())
+        if self.home_policy == "archive" and isinstance(self.space, CartesianSpace):
+            self.minima[index].curvature = (self.quench.s[w].clone(), self.quench.y[w].clone())
+        self._adapt_energy(w, 1 / self.energy_growth ** 0.5 if is_new else self.energy_growth)
         home = float(self.home_f[w])
-        moves = {"lower": f < home - 1e-9, "follow": True,
-                 "window": f < home + 0.5 * float(self.energy[w])}[self.home_policy]
-        if moves or not math.isfinite(home):
+        if f < home - 1e-9 or not math.isfinite(home):
             self.home_x[w], self.home_f[w], self.home_g[w] = self.quench.x[w], f, self.quench.g[w]
             self.home_s[w], self.home_y[w] = self.quench.s[w], self.quench.y[w]
+            self._set_home_index(w, index)
+        elif self.home_policy == "archive" and self._home_exhausted(w):
+            self._move_home(w, self._draw_home())
+
+    def _adapt_energy(self, w: int, factor: float):
+        """Scale the excursion energy of walker w's home ('archive': kept on the
+        home minimum, so every walker that starts there uses it; 'lower': on the
+        walker), within [dE0/4, 8 dE0]."""
+        lo, hi = self.excursion_energy / 4, self.excursion_energy * 8
+        h = self.home_index[w]
+        value = min(hi, max(lo, float(self.energy[w]) * factor))
+        if self.home_policy == "archive" and h >= 0:
+            # k walkers sharing a home bring k outcomes a round: each counts 1/k
+            share = self.home_index.count(h)
+            home = self.minima[h]
+            home.excursion_energy = value = min(hi, max(lo, home.excursion_energy * factor ** (1 / share)))
+        self.energy[w] = value
+
+    def _set_home_index(self, w: int, index: int):
+        self.home_index[w] = index
+        if self.home_policy == "archive":
+            self.energy[w] = self.minima[index].excursion_energy
+
+    def _home_exhausted(self, w: int) -> bool:
+        """Excursions from the home kept landing in known minima, so that its
+        excursion energy grew to ``leave_at`` x dE0."""
+        h = self.home_index[w]
+        return h >= 0 and self.minima[h].excursion_energy >= self.leave_at * self.excursion_energy * (1 - 1e-9)
+
+    def _draw_home(self) -> int:
+        """A known minimum drawn with weight exp(-(E - E_lowest)/home_temperature)
+        x (dE0/dE)^2: low minima whose surroundings excursions have explored
+        least (their dE has not grown) first."""
+        energy = torch.tensor([m.energy for m in self.minima], dtype=torch.float64)
+        grown = torch.tensor([m.excursion_energy for m in self.minima],
+                             dtype=torch.float64) / self.excursion_energy
+        weight = torch.exp(-(energy - energy.min()) / self.home_temperature) / grown ** 2
+        return int(torch.multinomial(weight, 1, generator=self.rng))
+
+    def _move_home(self, w: int, index: int):
+        m = self.minima[index]
+        self.home_x[w] = torch.as_tensor(m.positions)
+        self.home_f[w] = m.energy
+        self.home_g[w] = torch.as_tensor(m.gradient)
+        if m.curvature is not None:
+            self.home_s[w], self.home_y[w] = m.curvature
+        else:                              # not kept (resumed run): the kick is isotropic
+            self.home_s[w], self.home_y[w] = 0.0, 0.0
+        self._set_home_index(w, index)
 
     # -- main loop ------------------------------------------------------------------------------------
     def _done(self) -> bool:
@@ -559,7 +638,9 @@ class ConformerSearch:
             "trace_stride": self.trace_stride,
             "minima": [{"positions": m.positions.tolist(), "energy": m.energy,
                         "found_at": m.found_at, "visits": m.visits, "refined": m.refined,
-                        "gradient": m.gradient.tolist()} for m in self.minima],
+                        "gradient": m.gradient.tolist(), "excursion_energy": m.excursion_energy}
+                       for m in self.minima],
+            "home_index": self.home_index,
             "ecd": self.walkers.to_dict(), "quench": self.quench.to_dict(),
             "exploring": self.exploring.tolist(), "home_x": self.home_x.tolist(),
             "home_f": self.home_f.tolist(), "home_g": self.home_g.tolist(),
@@ -589,8 +670,10 @@ class ConformerSearch:
         self.trace = [tuple(t) for t in data.get("trace", [])]
         self.trace_stride = data.get("trace_stride", 1)
         self.minima = [Minimum(np.array(m["positions"]), m["energy"], m["found_at"],
-                               m["visits"], m["refined"], np.array(m["gradient"]))
+                               m["visits"], m["refined"], np.array(m["gradient"]),
+                               m.get("excursion_energy", self.excursion_energy))
                        for m in data["minima"]]
+        self.home_index = data.get("home_index", [-1] * self.W)
         self.walkers = ecd.ECDState.from_dict(data["ecd"])
         self.rng = self.walkers.rng
         self.quench = ecd.QuenchState.from_dict(data["quench"])

@@ -118,6 +118,51 @@ def test_torsion_kicks_go_on_two_torsions(ani, kick, nonzero):
         assert (d[:, tops] != 0).double().mean() < 0.5 * (d[:, ~tops] != 0).double().mean()
 
 
+@pytest.mark.parametrize("policy", ["lower", "archive"])
+def test_walker_homes_follow_the_policy(ani, policy):
+    """'lower': a walker's home only ever moves down. 'archive': it moves up to
+    another known minimum only once excursions from its home kept landing in
+    known minima (the home's dE grew to leave_at x dE0)."""
+    atoms = read(MOLECULES / "methoxyethanol.xyz")
+    search = ConformerSearch(atoms, ani, walkers=1, max_force_calls=800, seed=0,
+                             home_policy=policy)
+    seen = []
+    search.attach(lambda s: seen.append((s.home_index[0], float(s.home_f[0]),
+                                         [m.excursion_energy for m in s.minima])))
+    search.run()
+    dE0 = search.excursion_energy
+    rises = [(before, after) for before, after in zip(seen, seen[1:]) if after[1] > before[1] + 1e-9]
+    if policy == "lower":
+        assert not rises
+        return
+    assert rises, "the walker never left its first home"
+    for (home, _, _), (_, _, energies) in rises:
+        assert energies[home] >= search.leave_at * dE0 * (1 - 1e-9)
+    for _, _, energies in seen:
+        assert all(dE0 / 4 - 1e-12 <= e <= 8 * dE0 + 1e-12 for e in energies)
+
+
+def test_auto_home_policy_archives_for_a_lone_walker_on_a_molecule(ani):
+    atoms = read(MOLECULES / "methoxyethanol.xyz")
+    assert ConformerSearch(atoms, ani, walkers=1).home_policy == "archive"
+    assert ConformerSearch(atoms, ani, walkers=4).home_policy == "lower"
+    assert ConformerSearch(random_cluster(13, seed=0), walkers=1).home_policy == "lower"
+
+
+def test_archive_draws_low_and_little_explored_minima_first(ani):
+    atoms = read(MOLECULES / "methoxyethanol.xyz")
+    search = ConformerSearch(atoms, ani, walkers=1, seed=0, home_policy="archive",
+                             home_temperature=0.02)
+    dE0, zeros = search.excursion_energy, np.zeros((len(atoms), 3))
+    search.minima = [Minimum(zeros, -1.00, 0, gradient=zeros, excursion_energy=8 * dE0),  # explored
+                     Minimum(zeros, -1.00, 0, gradient=zeros, excursion_energy=dE0),      # fresh
+                     Minimum(zeros, -0.90, 0, gradient=zeros, excursion_energy=dE0)]      # 0.1 eV up
+    search.rng = torch.Generator().manual_seed(0)
+    counts = np.bincount([search._draw_home() for _ in range(2000)], minlength=3)
+    # weights 1/64 : 1 : exp(-5)
+    assert counts[1] > 0.95 * 2000 and counts[0] > 0 and counts[0] > counts[2]
+
+
 def test_a_conformer_kept_twice_is_reported_as_found_by_its_first_record():
     """Two loose records of one minimum merge in the final dedup; the survivor
     (the lower energy) keeps the force-call count of the earlier discovery."""
@@ -254,6 +299,9 @@ def test_failing_walker_is_restarted_and_the_search_goes_on():
     (dict(kick="hard"), "kick"),
     (dict(kick_torsions=0), "kick_torsions"),
     (dict(top_weight=-1), "top_weight"),
+    (dict(home_policy="random"), "home_policy"),
+    (dict(home_temperature=-0.1), "home_temperature"),
+    (dict(leave_at=0.5), "leave_at"),
 ])
 def test_bad_search_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
