@@ -364,10 +364,7 @@ class ConformerSearch:
         idx = torch.tensor(rows)
         fresh = []
         for w in rows:
-            if self.home_policy == "archive" and self.home_index[w] >= 0:
-                # another walker may have adapted it since this one moved in
-                self.energy[w] = self.minima[self.home_index[w]].excursion_energy
-            hp = dataclasses.replace(self.hp, delta_energy=float(self.energy[w]))
+            hp = dataclasses.replace(self.hp, delta_energy=self._excursion_energy(w))
             x, f, g = self.home_x[w:w + 1], self.home_f[w:w + 1], self.home_g[w:w + 1]
             state = ecd.init(self.space.initial(x), f, self.space.gradient(x, g), hp, rng=self.rng)
             # a random direction at a minimum
@@ -416,34 +413,37 @@ class ConformerSearch:
         if f < home - 1e-9 or not math.isfinite(home):
             self.home_x[w], self.home_f[w], self.home_g[w] = self.quench.x[w], f, self.quench.g[w]
             self.home_s[w], self.home_y[w] = self.quench.s[w], self.quench.y[w]
-            self._set_home_index(w, index)
+            self.home_index[w] = index
         elif self.home_policy == "archive" and self._home_exhausted(w):
             self._move_home(w, self._draw_home())
 
+    def _excursion_energy(self, w: int) -> float:
+        """dE (eV) of walker w's next excursion: its home minimum's under
+        'archive', else the walker's own."""
+        h = self.home_index[w]
+        if self.home_policy == "archive" and h >= 0:
+            return self.minima[h].excursion_energy
+        return float(self.energy[w])
+
     def _adapt_energy(self, w: int, factor: float):
-        """Scale the excursion energy of walker w's home ('archive': kept on the
-        home minimum, so every walker that starts there uses it; 'lower': on the
-        walker), within [dE0/4, 8 dE0]."""
+        """Scale the dE of walker w's next excursion by ``factor``, within
+        [dE0/4, 8 dE0]."""
         lo, hi = self.excursion_energy / 4, self.excursion_energy * 8
         h = self.home_index[w]
-        value = min(hi, max(lo, float(self.energy[w]) * factor))
         if self.home_policy == "archive" and h >= 0:
             # k walkers sharing a home bring k outcomes a round: each counts 1/k
-            share = self.home_index.count(h)
+            factor **= 1 / self.home_index.count(h)
             home = self.minima[h]
-            home.excursion_energy = value = min(hi, max(lo, home.excursion_energy * factor ** (1 / share)))
-        self.energy[w] = value
-
-    def _set_home_index(self, w: int, index: int):
-        self.home_index[w] = index
-        if self.home_policy == "archive":
-            self.energy[w] = self.minima[index].excursion_energy
+            home.excursion_energy = min(hi, max(lo, home.excursion_energy * factor))
+        else:
+            self.energy[w] = min(hi, max(lo, float(self.energy[w]) * factor))
 
     def _home_exhausted(self, w: int) -> bool:
         """Excursions from the home kept landing in known minima, so that its
         excursion energy grew to ``leave_at`` x dE0."""
         h = self.home_index[w]
-        return h >= 0 and self.minima[h].excursion_energy >= self.leave_at * self.excursion_energy * (1 - 1e-9)
+        limit = self.leave_at * self.excursion_energy * (1 - 1e-9)
+        return h >= 0 and self.minima[h].excursion_energy >= limit
 
     def _draw_home(self) -> int:
         """A known minimum drawn with weight exp(-(E - E_lowest)/home_temperature)
@@ -464,7 +464,7 @@ class ConformerSearch:
             self.home_s[w], self.home_y[w] = m.curvature
         else:                              # not kept (resumed run): the kick is isotropic
             self.home_s[w], self.home_y[w] = 0.0, 0.0
-        self._set_home_index(w, index)
+        self.home_index[w] = index
 
     # -- main loop ------------------------------------------------------------------------------------
     def _done(self) -> bool:
