@@ -16,6 +16,8 @@
                                 [--molecule-seeds 5] [--json f]
     python benchmarks/global.py --lj --molecules propanal --reference old.json \
                                 --set energy_growth=1.2      # a variant, old references
+    python benchmarks/global.py --lj --molecule-walkers 1 --molecule-seeds 10 \
+        --molecule-first-seed 10 --reference old.json --set home_policy=lower  # fresh seeds
     python benchmarks/global.py --lj 19 --seeds 16 --walkers 4 --peers --molecules \
                                 --set kick=isotropic excursion_energy=15   # a cluster variant
 """
@@ -200,7 +202,8 @@ def expected_calls_to_first_hit(energies, calls, best, tolerance):
     return float(calls[~hit].sum() / (h + 1) + calls[hit].mean())
 
 
-def molecule_benchmark(names, count, budget, walker_counts, seeds, reference=None, settings=None):
+def molecule_benchmark(names, count, budget, walker_counts, seeds, reference=None, settings=None,
+                       first_seed=0):
     """reference: a previous --json report whose ETKDG references are reused
     (skips the 1000-conformer relaxations); settings: extra ConformerSearch
     keyword arguments, for measuring a variant against the defaults."""
@@ -224,7 +227,7 @@ def molecule_benchmark(names, count, budget, walker_counts, seeds, reference=Non
         rows[name]["search"] = {}
         for w in walker_counts:
             runs = []
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 # a quenched energy is never below its refined one, so stopping at the
                 # reference + 0.1 kcal/mol never stops before the conformer is found
                 result = ConformerSearch(atoms, calc, walkers=w, max_force_calls=budget, seed=seed,
@@ -269,6 +272,8 @@ def main():
     parser.add_argument("--molecule-walkers", type=int, nargs="+", default=[8],
                         help="walker counts to run (ConformerSearch's default is 8)")
     parser.add_argument("--molecule-seeds", type=int, default=5)
+    parser.add_argument("--molecule-first-seed", type=int, default=0,
+                        help="seeds run are first, first + 1, ... (fresh seeds for a variant)")
     parser.add_argument("--reference", help="reuse the ETKDG references of this --json report")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="ConformerSearch settings (clusters and molecules), e.g. kick_power=6")
@@ -282,7 +287,7 @@ def main():
                                  args.seeds_large, settings)}
     report["molecules"] = molecule_benchmark(args.molecules, args.etkdg, args.molecule_budget,
                                              args.molecule_walkers, args.molecule_seeds, reference,
-                                             settings)
+                                             settings, args.molecule_first_seed)
     print(f"wall time {time.time() - t0:.0f} s")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(report, indent=1))
