@@ -142,6 +142,19 @@ def test_walker_homes_follow_the_policy(ani, policy):
         assert all(dE0 / 4 - 1e-12 <= e <= 8 * dE0 + 1e-12 for e in energies)
 
 
+def test_checkpoint_keeps_each_minimum_s_excursion_energy_and_the_homes(ani, tmp_path):
+    atoms = read(MOLECULES / "methoxyethanol.xyz")
+    kwargs = dict(walkers=1, max_force_calls=400, seed=0, home_policy="archive",
+                  checkpoint=str(tmp_path / "search.json"))
+    first = ConformerSearch(atoms, ani, **kwargs)
+    first.run()
+    assert len({m.excursion_energy for m in first.minima}) > 1     # dE was adapted per minimum
+    again = ConformerSearch(atoms, ani, **kwargs)
+    again.run()                                                   # resumes at the spent budget
+    assert again.home_index == first.home_index
+    assert [m.excursion_energy for m in again.minima] == [m.excursion_energy for m in first.minima]
+
+
 def test_auto_home_policy_archives_for_a_lone_walker_on_a_molecule(ani):
     atoms = read(MOLECULES / "methoxyethanol.xyz")
     assert ConformerSearch(atoms, ani, walkers=1).home_policy == "archive"
