@@ -215,7 +215,8 @@ class ConformerSearch:
         if home_policy not in ("lower", "archive"):
             raise ValueError(f"home_policy must be 'auto', 'lower' or 'archive', got {home_policy!r}")
         self.home_policy = home_policy
-        self.home_temperature = float(home_temperature or (0.8 if cluster else 0.02))
+        self.home_temperature = float((0.8 if cluster else 0.02) if home_temperature is None
+                                      else home_temperature)
         self.leave_at = float(leave_at)
         if not (self.home_temperature > 0 and self.leave_at >= 1):
             raise ValueError(f"home_temperature must be > 0 and leave_at >= 1, got "

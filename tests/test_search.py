@@ -314,6 +314,7 @@ def test_failing_walker_is_restarted_and_the_search_goes_on():
     (dict(top_weight=-1), "top_weight"),
     (dict(home_policy="random"), "home_policy"),
     (dict(home_temperature=-0.1), "home_temperature"),
+    (dict(home_temperature=0), "home_temperature"),
     (dict(leave_at=0.5), "leave_at"),
 ])
 def test_bad_search_settings(kwargs, match):
