@@ -1,14 +1,20 @@
 """Force-provider throughput, in one run on one machine.
 
 1. ANI-1x evaluations per second for W = 1, 8, 64, 256, 1024 copies of alanine
-   dipeptide (22 atoms, rattled): batched ``ANIModel.evaluate`` against a loop
-   over torchani's own ASE calculator on the same network. CPU always; CUDA too
-   when a GPU is present (the device is printed).
-2. The integrator's own share of an ECD step at W = 256 with ANI.
+   dipeptide (22 atoms, rattled): batched ``ANIModel.evaluate`` (with its own
+   batched AEV and ensemble modules, and with torchani's) against a loop over
+   torchani's own ASE calculator on the same network. CPU, and CUDA when a GPU is
+   present (the device is printed); on CUDA also with TF32 matrix products, and
+   the largest energy change that causes.
+2. The integrator's own share of an ECD step at W = 256 with ANI, per device.
+   With ``--parts search``: a whole ConformerSearch (alanine dipeptide, W walkers,
+   40 W force calls) and the share of its wall time spent in ANI evaluations.
 3. PySCF (HF/STO-3G and B3LYP/def2-SVP, ethanol): SCF cycles per geometry over a
    30-step ECD run, warm-started scanner against a fresh guess at every geometry.
 
-    python benchmarks/throughput.py [--sizes 1 8 64 256 1024] [--json out.json]
+    python benchmarks/throughput.py [--sizes 1 8 64 256 1024] [--devices cpu cuda]
+                                    [--parts ani integrator search pyscf]
+                                    [--search-walkers 64 1024] [--json out.json]
 """
 from __future__ import annotations
 
@@ -47,6 +53,12 @@ def timed(fn, min_time=2.0, min_reps=2):
 def ani_throughput(atoms, sizes, device):
     import torchani.ase
     model = ANIModel("ani1x", device=device, dtype=torch.float32)
+    cuda = model.device.type == "cuda"
+    if cuda:
+        def timed_on_gpu(fn):
+            return timed(lambda: (fn(), torch.cuda.synchronize()))
+    else:
+        timed_on_gpu = timed
     network, species = load_network("ani1x", str(model.device), torch.float32)
     theirs = torchani.ase.Calculator(list(species), network)
     rows = []
@@ -61,19 +73,32 @@ def ani_throughput(atoms, sizes, device):
     looped = len(distinct) / timed(loop)
     for W in sizes:
         x = geometries(atoms, W)
-        model.fast_aev = False
-        torchani_aev = W / timed(lambda: model.evaluate(atoms, x))
-        model.fast_aev = True
-        batched = W / timed(lambda: model.evaluate(atoms, x))
-        rows.append({"W": W, "batched_per_s": batched, "batched_torchani_aev_per_s": torchani_aev,
-                     "loop_per_s": looped, "ratio": batched / looped})
-        print(f"  W={W:5d}  batched {batched:10.0f}/s  (torchani AEV {torchani_aev:7.0f}/s)  "
-              f"loop {looped:7.0f}/s  ratio {batched / looped:6.1f}x", flush=True)
+        model.batched_modules = False
+        torchani_modules = W / timed_on_gpu(lambda: model.evaluate(atoms, x))
+        model.batched_modules = True
+        batched = W / timed_on_gpu(lambda: model.evaluate(atoms, x))
+        row = {"W": W, "batched_per_s": batched, "batched_torchani_modules_per_s": torchani_modules,
+               "loop_per_s": looped, "ratio": batched / looped}
+        line = (f"  W={W:6d}  batched {batched:10.0f}/s  (torchani modules {torchani_modules:9.0f}/s)"
+                f"  loop {looped:7.0f}/s  ratio {batched / looped:7.1f}x")
+        if cuda:                          # TF32 matrix products: faster, less exact
+            exact = model.evaluate(atoms, x)[0]
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                row["batched_tf32_per_s"] = W / timed_on_gpu(lambda: model.evaluate(atoms, x))
+                row["tf32_max_energy_change_eV"] = float((model.evaluate(atoms, x)[0] - exact)
+                                                         .abs().max())
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = False
+            line += (f"  TF32 {row['batched_tf32_per_s']:10.0f}/s"
+                     f" (|dE| <= {row['tf32_max_energy_change_eV']:.1e} eV)")
+        rows.append(row)
+        print(line, flush=True)
     return rows
 
 
-def integrator_share(atoms, W=256, steps=20):
-    model = ANIModel("ani1x", device="cpu")
+def integrator_share(atoms, device="cpu", W=256, steps=20):
+    model = ANIModel("ani1x", device=device)
     evaluate = Evaluator(model, atoms, dtype=torch.float64)
     x = geometries(atoms, W)
     hp = dynamics.ECDParams(bounce_every=5, fixed_bounces=100)
@@ -83,13 +108,38 @@ def integrator_share(atoms, W=256, steps=20):
         t0 = time.perf_counter()
         state = dynamics.propose(state, hp)
         t1 = time.perf_counter()
-        f, g = evaluate(state.x)
+        f, g = evaluate(state.x)              # returns on the CPU: synchronized
         t2 = time.perf_counter()
         state = dynamics.absorb(state, f, g, hp)
         t3 = time.perf_counter()
         t_ecd += (t1 - t0) + (t3 - t2)
         t_eval += t2 - t1
     return t_ecd / (t_ecd + t_eval)
+
+
+def search_rate(atoms, device, walkers):
+    """Force calls per second of a whole search, and the share of its time in ANI."""
+    from ecd_chem import ConformerSearch
+    from ecd_chem.calculators import ANICalculator
+    calc = ANICalculator("ani1x", device=device)
+    model_time = 0.0
+    evaluate = calc.model.evaluate
+
+    def timed_evaluate(*args):
+        nonlocal model_time
+        start = time.perf_counter()
+        out = evaluate(*args)                     # returns on the CPU: synchronized
+        model_time += time.perf_counter() - start
+        return out
+    calc.model.evaluate = timed_evaluate
+    start = time.perf_counter()
+    result = ConformerSearch(atoms, calc, walkers=walkers, max_force_calls=40 * walkers,
+                             seed=0).run()
+    wall = time.perf_counter() - start
+    return {"walkers": walkers, "force_calls": result.force_calls, "wall_s": wall,
+            "calls_per_s": result.force_calls / wall, "model_share": model_time / wall,
+            "ecd_share": result.ecd_calls / result.force_calls,
+            "minima_found": result.minima_found}
 
 
 def pyscf_cycles(method="hf", basis="sto-3g", steps=30):
@@ -109,24 +159,43 @@ def pyscf_cycles(method="hf", basis="sto-3g", steps=30):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 64, 256, 1024])
+    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"],
+                        help="default: cpu, and cuda when available")
+    parser.add_argument("--parts", nargs="+", choices=["ani", "integrator", "search", "pyscf"],
+                        default=["ani", "integrator", "pyscf"])
+    parser.add_argument("--search-walkers", type=int, nargs="+", default=[64, 1024])
     parser.add_argument("--json")
     args = parser.parse_args()
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     atoms = read(HERE.parent / "molecules" / "alanine_dipeptide.xyz")
     report = {"cpu": platform.processor() or platform.machine(),
-              "torch_threads": torch.get_num_threads()}
-    print(f"ANI-1x, alanine dipeptide ({len(atoms)} atoms), CPU, {torch.get_num_threads()} threads")
-    report["ani_cpu"] = ani_throughput(atoms, args.sizes, "cpu")
-    if torch.cuda.is_available():
+              "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    if "cuda" in devices:
         report["gpu"] = torch.cuda.get_device_name(0)
-        print(f"ANI-1x on {report['gpu']}")
-        report["ani_cuda"] = ani_throughput(atoms, args.sizes, "cuda")
-    share = integrator_share(atoms)
-    report["integrator_share_W256"] = share
-    print(f"integrator's own share of an ECD step at W=256: {100 * share:.2f}%")
-    report["pyscf"] = [pyscf_cycles(m, b) for m, b in (("hf", "sto-3g"), ("b3lyp", "def2-svp"))]
-    for p in report["pyscf"]:
-        print(f"PySCF {p['method']}/{p['basis']} ethanol, 30 ECD steps: SCF cycles per geometry "
-              f"warm {p['warm']:.2f}, cold {p['cold']:.2f} ({100 * p['saving']:.0f}% fewer)")
+    for device in devices:
+        where = report["gpu"] if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        if "ani" in args.parts:
+            print(f"ANI-1x, alanine dipeptide ({len(atoms)} atoms), float32, {where}")
+            report[f"ani_{device}"] = ani_throughput(atoms, args.sizes, device)
+        if "integrator" in args.parts:
+            share = integrator_share(atoms, device)
+            report[f"integrator_share_W256_{device}"] = share
+            print(f"integrator's own share of an ECD step at W=256, ANI on {where}: "
+                  f"{100 * share:.2f}%", flush=True)
+        if "search" in args.parts:
+            report[f"search_{device}"] = []
+            for walkers in args.search_walkers:
+                row = search_rate(atoms, device, walkers)
+                report[f"search_{device}"].append(row)
+                print(f"ConformerSearch, {walkers} walkers, ANI on {where}: {row['force_calls']} "
+                      f"force calls in {row['wall_s']:.1f} s, {row['calls_per_s']:.0f}/s, "
+                      f"{100 * row['model_share']:.0f}% of the time in ANI", flush=True)
+    if "pyscf" in args.parts:
+        report["pyscf"] = [pyscf_cycles(m, b) for m, b in (("hf", "sto-3g"), ("b3lyp", "def2-svp"))]
+        for p in report["pyscf"]:
+            print(f"PySCF {p['method']}/{p['basis']} ethanol, 30 ECD steps: SCF cycles per "
+                  f"geometry warm {p['warm']:.2f}, cold {p['cold']:.2f} "
+                  f"({100 * p['saving']:.0f}% fewer)")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(report, indent=1))
 

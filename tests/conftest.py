@@ -16,8 +16,11 @@ def lj13():
 
 @pytest.fixture(scope="session")
 def ani():
+    """ANI-1x in float32 on the CPU, or on the device named by ECD_TEST_DEVICE
+    (``ECD_TEST_DEVICE=cuda pytest`` runs the ANI tests on a GPU)."""
+    import os
     from ecd_chem.calculators import ANICalculator
-    return ANICalculator("ani1x", device="cpu")
+    return ANICalculator("ani1x", device=os.environ.get("ECD_TEST_DEVICE", "cpu"))
 
 
 @pytest.fixture

@@ -1,10 +1,13 @@
 """Force providers: PySCF and ANI against their own libraries, finite differences,
 the batched interface, and bad input."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from ase import Atoms
 from ase.build import molecule
+from ase.io import read
 from ase.units import Bohr, Hartree
 
 from ecd_chem import ECDOpt
@@ -12,6 +15,7 @@ from ecd_chem.calculators import (ANICalculator, ANIModel, ASELoopModel, Evaluat
                                   PySCFCalculator, SCFNotConverged, as_batch_model)
 from ecd_chem.potentials import LennardJones
 
+MOLECULES = Path(__file__).resolve().parent.parent / "molecules"
 
 def central_differences(atoms, indices, h=1e-3):
     """-dE/dx by central differences for the (atom, axis) pairs given."""
@@ -238,6 +242,36 @@ def test_ani_bad_settings(kwargs):
 def test_ani_cuda_without_cuda_is_a_clear_error():
     with pytest.raises(ValueError, match="CUDA is not available"):
         ANICalculator(device="cuda")
+
+
+def test_batch_ensemble_equals_torchani_ensemble_and_its_gradient():
+    model = ANIModel("ani1x", device="cpu", dtype=torch.float64)
+    atoms = read(MOLECULES / "alanine_dipeptide.xyz")            # H, C, N and O
+    species = model.species_tensor(atoms)
+    rng = np.random.default_rng(1)
+    x = torch.tensor(atoms.positions[None] + rng.normal(0, 0.1, (6, len(atoms), 3)))
+    aev = model.aev(species, x)
+    a = aev.clone().requires_grad_(True)
+    b = aev.clone().requires_grad_(True)
+    ours = model.ensemble(species, a)
+    theirs = model.network[1]((species.expand(6, -1), b)).energies
+    assert torch.allclose(ours, theirs, atol=1e-12)
+    (ga,) = torch.autograd.grad(ours.sum(), a)
+    (gb,) = torch.autograd.grad(theirs.sum(), b)
+    assert torch.allclose(ga, gb, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-9), (torch.float32, 2e-3)])
+def test_ani_batched_modules_equal_torchani_modules(dtype, atol):
+    model = ANIModel("ani1x", device="cpu", dtype=dtype)
+    atoms = read(MOLECULES / "alanine_dipeptide.xyz")
+    rng = np.random.default_rng(2)
+    x = torch.tensor(atoms.positions[None] + rng.normal(0, 0.05, (4, len(atoms), 3)))
+    ours = model.evaluate(atoms, x)
+    model.batched_modules = False
+    theirs = model.evaluate(atoms, x)
+    for mine, reference in zip(ours, theirs):
+        assert torch.allclose(mine, reference, atol=atol, rtol=0)
 
 
 # -- the batched interface --------------------------------------------------------------------

@@ -84,6 +84,7 @@ def load_network(name: str, device: str, dtype: torch.dtype):
     network, species = _load_network(name)
     import copy
     network = copy.deepcopy(network).to(device=device, dtype=dtype)
+    network[2].double()       # torchani's EnergyShifter writes float64 into its self energies
     return network, species
 
 
@@ -94,9 +95,10 @@ class ANIModel(BatchModel):
     dtype: torch.float32 (fast) or torch.float64 (for finite differences).
     """
 
-    #: AEVs from :class:`BatchAEV` (True) or torchani's AEVComputer (False): same
-    #: numbers, BatchAEV is faster for many conformers of one molecule.
-    fast_aev = True
+    #: :class:`BatchAEV` and :class:`BatchEnsemble` (True) or torchani's own
+    #: AEVComputer and Ensemble (False): same numbers, the batched modules are
+    #: faster for many conformers of one molecule.
+    batched_modules = True
 
     def __init__(self, model: str = "ani1x", device="auto", dtype=torch.float32):
         if model not in MODELS:
@@ -109,7 +111,10 @@ class ANIModel(BatchModel):
         self.network, self.species = load_network(model, str(self.device), dtype)
         self._index = {s: i for i, s in enumerate(self.species)}
         from .aev import BatchAEV
+        from .ensemble import BatchEnsemble
         self.aev = BatchAEV(self.network[0])
+        self.ensemble = BatchEnsemble(self.network[1], self.species)
+        self.self_energies = self.network[2].self_energies.to(self.device, dtype)   # Hartree
 
     def check(self, atoms: Atoms) -> None:
         unknown = sorted(set(atoms.get_chemical_symbols()) - set(self.species))
@@ -130,12 +135,11 @@ class ANIModel(BatchModel):
         with torch.enable_grad():
             coords = positions.detach().to(device=self.device, dtype=self.dtype)
             coords.requires_grad_(True)
-            species = species.expand(W, -1)
-            if self.fast_aev:
-                aev = self.aev(species[0], coords)
-                energies = self.network[2](self.network[1]((species, aev))).energies
+            if self.batched_modules:
+                energies = (self.ensemble(species, self.aev(species, coords))
+                            + self.self_energies[species].sum())
             else:
-                energies = self.network((species, coords)).energies
+                energies = self.network((species.expand(W, -1), coords)).energies
             (gradient,) = torch.autograd.grad(energies.sum(), coords)
         out_dtype = positions.dtype if positions.is_floating_point() else torch.float64
         return ((energies.detach() * Hartree).to("cpu", out_dtype),
