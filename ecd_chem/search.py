@@ -282,7 +282,8 @@ class ConformerSearch:
         if self.kind == "cluster":
             diff = np.abs(cluster_fingerprint(a.positions) - cluster_fingerprint(positions))
             return diff.max() < self.rmsd_threshold
-        return rmsd(a.positions, positions, self.classes) < self.rmsd_threshold
+        return rmsd(a.positions, positions, self.classes,
+                    below=self.rmsd_threshold) < self.rmsd_threshold
 
     @property
     def archive_gate(self) -> float:

@@ -328,13 +328,15 @@ def _kabsch(a: np.ndarray, b: np.ndarray):
     return u @ np.diag([1.0, 1.0, d]) @ vt
 
 
-def rmsd(a: np.ndarray, b: np.ndarray, classes=None, iterations: int = 4) -> float:
+def rmsd(a: np.ndarray, b: np.ndarray, classes=None, iterations: int = 4,
+         below: float | None = None) -> float:
     """RMSD (same units as a, b) after centring, optimal rotation, and the best
     permutation within each class of equivalent atoms (None: no permutations).
 
     Alignment and assignment alternate, starting from the given order and from
     the principal-axes alignments, so that a permuted copy is recognised even
-    when it is also rotated.
+    when it is also rotated. ``below``: stop at the first alignment closer than
+    this and return its RMSD (enough to decide "same structure").
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -353,6 +355,8 @@ def rmsd(a: np.ndarray, b: np.ndarray, classes=None, iterations: int = 4) -> flo
     guesses = [_kabsch(a, b)] + [_principal_rotation(a, b, flip) for flip in _axis_flips()]
     best = deviation(identity)
     for rot in guesses:
+        if below is not None and best < below:
+            break
         order = _assign(a @ rot, b, groups, linear_sum_assignment)
         for _ in range(iterations):
             order = _assign(a @ _kabsch(a[order], b), b, groups, linear_sum_assignment)

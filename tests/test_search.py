@@ -73,6 +73,32 @@ def test_rmsd_ignores_rotation_translation_and_equivalent_permutations():
     assert rmsd(atoms.positions, moved[perm], None) > 0.3       # plain RMSD is fooled
 
 
+def test_rmsd_that_stops_early_decides_the_same():
+    """``below`` may stop the alignment search early; the verdict "closer than
+    below" must not change, for copies and for different conformers."""
+    atoms = read(MOLECULES / "n-butane.xyz")
+    classes = equivalence_classes(atoms.numbers, bond_graph(atoms))
+    anti = atoms.positions
+    bonds = bond_graph(atoms)
+    side, grow = {2}, [2]                  # atoms on C2's side of the C1-C2 bond
+    while grow:
+        i = grow.pop()
+        for j in np.flatnonzero(bonds[i]):
+            if j != 1 and j not in side:
+                side.add(j)
+                grow.append(j)
+    gauche = atoms.copy()
+    gauche.set_dihedral(0, 1, 2, 3, 65, indices=sorted(side))
+    rng = np.random.default_rng(0)
+    for other in (anti[rng.permutation(len(anti))], anti + rng.normal(0, 0.05, anti.shape),
+                  gauche.positions, gauche.positions + rng.normal(0, 0.05, anti.shape)):
+        for threshold in (0.05, 0.125, 0.5, 2.0):
+            full = rmsd(anti, other, classes)
+            early = rmsd(anti, other, classes, below=threshold)
+            assert (early < threshold) == (full < threshold)
+            assert early >= full - 1e-12
+
+
 def test_distinct_conformers_stay_apart(ani):
     atoms = read(MOLECULES / "n-butane.xyz")
     result = ConformerSearch(atoms, ani, walkers=8, max_force_calls=1000, seed=0).run()
