@@ -97,23 +97,30 @@ def ani_throughput(atoms, sizes, device):
     return rows
 
 
-def integrator_share(atoms, device="cpu", W=256, steps=20):
+def integrator_share(atoms, device="cpu", W=256, steps=20, state_device="cpu"):
+    """Share of an ECD step's time spent in the integrator (propose + absorb), the
+    walker state (float64) kept on ``state_device``."""
     model = ANIModel("ani1x", device=device)
     evaluate = Evaluator(model, atoms, dtype=torch.float64)
-    x = geometries(atoms, W)
+    x = geometries(atoms, W).to(state_device)
     hp = dynamics.ECDParams(bounce_every=5, fixed_bounces=100)
     state = dynamics.init(x, *evaluate(x), hp, seed=0)
+    sync = torch.cuda.synchronize if str(state_device).startswith("cuda") else (lambda: None)
     t_ecd = t_eval = 0.0
-    for _ in range(steps):
+    for step in range(steps + 1):          # the first step warms up, untimed
         t0 = time.perf_counter()
         state = dynamics.propose(state, hp)
+        sync()
         t1 = time.perf_counter()
         f, g = evaluate(state.x)              # returns on the CPU: synchronized
+        f, g = f.to(state_device), g.to(state_device)
         t2 = time.perf_counter()
         state = dynamics.absorb(state, f, g, hp)
+        sync()
         t3 = time.perf_counter()
-        t_ecd += (t1 - t0) + (t3 - t2)
-        t_eval += t2 - t1
+        if step:
+            t_ecd += (t1 - t0) + (t3 - t2)
+            t_eval += t2 - t1
     return t_ecd / (t_ecd + t_eval)
 
 
@@ -182,6 +189,11 @@ def main():
             report[f"integrator_share_W256_{device}"] = share
             print(f"integrator's own share of an ECD step at W=256, ANI on {where}: "
                   f"{100 * share:.2f}%", flush=True)
+            if device == "cuda":                  # the walker state on the GPU as well
+                share = integrator_share(atoms, device, state_device="cuda")
+                report["integrator_share_W256_cuda_state_on_cuda"] = share
+                print(f"  ... with the walker state on the GPU too: {100 * share:.2f}%",
+                      flush=True)
         if "search" in args.parts:
             report[f"search_{device}"] = []
             for walkers in args.search_walkers:
