@@ -244,6 +244,21 @@ def test_ani_cuda_without_cuda_is_a_clear_error():
         ANICalculator(device="cuda")
 
 
+def test_both_contractions_of_the_angular_backward_agree():
+    from ecd_chem.calculators.aev import contract_outer
+    gen = torch.Generator().manual_seed(0)
+    g, u, v = (torch.randn(*shape, dtype=torch.float64, generator=gen)
+               for shape in ((3, 5, 8, 4), (3, 5, 8), (3, 5, 4)))
+    for a, b in zip(contract_outer(g, u, v, elementwise=True),
+                    contract_outer(g, u, v, elementwise=False)):
+        assert torch.allclose(a, b, atol=1e-12)
+    # and they are the gradients of sum(g * outer(u, v))
+    u_, v_ = u.clone().requires_grad_(True), v.clone().requires_grad_(True)
+    (g * u_[..., :, None] * v_[..., None, :]).sum().backward()
+    grad_u, grad_v = contract_outer(g, u, v, elementwise=True)
+    assert torch.allclose(u_.grad, grad_u) and torch.allclose(v_.grad, grad_v)
+
+
 def test_batch_ensemble_equals_torchani_ensemble_and_its_gradient():
     model = ANIModel("ani1x", device="cpu", dtype=torch.float64)
     atoms = read(MOLECULES / "alanine_dipeptide.xyz")            # H, C, N and O
