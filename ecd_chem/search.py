@@ -524,7 +524,7 @@ class ConformerSearch:
                     function(self)
 
             # a failed evaluation sends the walker back home to start over
-            failed_rows = [int(w) for w in torch.nonzero(failed).flatten()]
+            failed_rows = torch.nonzero(failed).flatten().tolist()
             steps = self.walkers.steps
             # from the harvest point on, the lowest point is looked for afresh
             b = self.walkers
@@ -532,15 +532,15 @@ class ConformerSearch:
             self.walkers = ecd.where(restart, b.replace(best_x=b.x, best_f=b.f, best_g=b.g), b)
             self.best_cart = torch.where(restart[:, None, None], self.cart, self.best_cart)
             self.best_cart_g = torch.where(restart[:, None, None], self.cart_g, self.best_cart_g)
-            ended = [w for w in range(self.W) if self.exploring[w] and w not in failed_rows
-                     and int(steps[w]) >= self.excursion_steps]
+            ended = torch.nonzero(self.exploring & ~failed
+                                  & (steps >= self.excursion_steps)).flatten().tolist()
             # tight only where the quench may end at or below the lowest minimum
             near_lowest = self.quench.f < self.lowest + self.archive_gate
             fmax = torch.where(near_lowest, torch.tensor(self.quench_fmax, dtype=torch.float64),
                                torch.tensor(self.screen_fmax, dtype=torch.float64))
             converged = ecd.max_force(self.quench.g) < fmax
-            settled = [w for w in range(self.W) if not self.exploring[w] and w not in failed_rows
-                       and (bool(converged[w]) or int(self.quench.steps[w]) >= self.quench_steps)]
+            settled = torch.nonzero(~self.exploring & ~failed & (
+                converged | (self.quench.steps >= self.quench_steps))).flatten().tolist()
             for w in settled:
                 self._finish_quench(w)
             if ended:
@@ -560,7 +560,7 @@ class ConformerSearch:
         if self.iteration % stride:
             return
         current = torch.where(self.exploring, self.walkers.f, self.quench.f)
-        self.trace.append((self.calls, [round(float(e), 8) for e in current]))
+        self.trace.append((self.calls, [round(e, 8) for e in current.tolist()]))
         if len(self.trace) > self.TRACE_ROWS:
             self.trace = self.trace[::2]
             self.trace_stride = 2 * stride
