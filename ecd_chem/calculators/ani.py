@@ -114,7 +114,7 @@ class ANIModel(BatchModel):
         from .ensemble import BatchEnsemble
         self.aev = BatchAEV(self.network[0])
         self.ensemble = BatchEnsemble(self.network[1], self.species)
-        self.self_energies = self.network[2].self_energies.to(self.device, dtype)   # Hartree
+        self.self_energies = self.network[2].self_energies.to(self.device, torch.float64)  # Ha
 
     def check(self, atoms: Atoms) -> None:
         unknown = sorted(set(atoms.get_chemical_symbols()) - set(self.species))
@@ -136,11 +136,15 @@ class ANIModel(BatchModel):
             coords = positions.detach().to(device=self.device, dtype=self.dtype)
             coords.requires_grad_(True)
             if self.batched_modules:
-                energies = (self.ensemble(species, self.aev(species, coords))
-                            + self.self_energies[species].sum())
-            else:
+                atomic = self.ensemble(species, self.aev(species, coords))
+                (gradient,) = torch.autograd.grad(atomic.sum(), coords)
+                # The self energies (a constant, ~ -500 Ha here) are added in float64: a
+                # float32 total of -13 500 eV carries ~1e-3 eV of rounding, more than the
+                # dedup's energy tolerance on larger molecules.
+                energies = atomic.detach().double() + self.self_energies[species].sum()
+            else:      # float64 total as well: the EnergyShifter is kept in float64
                 energies = self.network((species.expand(W, -1), coords)).energies
-            (gradient,) = torch.autograd.grad(energies.sum(), coords)
+                (gradient,) = torch.autograd.grad(energies.sum(), coords)
         out_dtype = positions.dtype if positions.is_floating_point() else torch.float64
         return ((energies.detach() * Hartree).to("cpu", out_dtype),
                 (-gradient * Hartree).to("cpu", out_dtype))
