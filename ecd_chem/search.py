@@ -156,6 +156,12 @@ class ConformerSearch:
         minimum (by more than the archive's energy gate) may stop at this looser
         threshold: it only has to tell which minimum it reached. Clusters 0.03;
         molecules: quench_fmax (no screening).
+    revisit_fmax (eV/A): a quench stops as soon as its largest force is below
+        this and it already matches a known minimum that is no lower than the
+        walker's home (by more than the archive's energy gate), within 0.4 x
+        rmsd_threshold in geometry and at most revisit_fmax x 1 A above it in
+        energy: a revisit, known without converging. Clusters 0.3; molecules 0
+        (off: their quenches are short anyway).
     energy_window (kcal/mol): conformers kept above the lowest.
     energy_tolerance (kcal/mol), rmsd_threshold (A): duplicates are closer in both.
     temperature (K): Boltzmann weights.
@@ -172,7 +178,8 @@ class ConformerSearch:
                  leave_at=4.0, method="bbi",
                  eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_torsions=2,
                  top_weight=0.3,
-                 quench_fmax=None, screen_fmax=None, quench_steps=500, refine_fmax=None,
+                 quench_fmax=None, screen_fmax=None, revisit_fmax=None, quench_steps=500,
+                 refine_fmax=None,
                  energy_window=6.0, energy_tolerance=0.05, rmsd_threshold=0.125,
                  temperature=298.15, start_rattle=0.1, target_energy=None,
                  checkpoint=None, checkpoint_every=25, refine_reserve=0.1):
@@ -235,6 +242,9 @@ class ConformerSearch:
         if screen_fmax is None:
             screen_fmax = 0.03 if cluster else self.quench_fmax
         self.screen_fmax = max(self.quench_fmax, screen_fmax)
+        self.revisit_fmax = float((0.3 if cluster else 0.0) if revisit_fmax is None else revisit_fmax)
+        if not self.revisit_fmax >= 0:
+            raise ValueError(f"revisit_fmax must be >= 0 (0: off), got {revisit_fmax}")
         self.quench_steps = int(quench_steps)
         self.refine_fmax = refine_fmax or (1e-3 if cluster else 0.01)
         self.energy_window = energy_window * KCAL_PER_MOL
@@ -276,14 +286,26 @@ class ConformerSearch:
         return min((m.energy for m in self.minima), default=float("inf"))
 
     # -- archive of minima ------------------------------------------------------------------
-    def _same(self, a: Minimum, positions, energy, energy_gate) -> bool:
+    def _same(self, a: Minimum, positions, energy, energy_gate, threshold=None) -> bool:
         if abs(a.energy - energy) > energy_gate:
             return False
+        threshold = threshold or self.rmsd_threshold
         if self.kind == "cluster":
             diff = np.abs(cluster_fingerprint(a.positions) - cluster_fingerprint(positions))
-            return diff.max() < self.rmsd_threshold
-        return rmsd(a.positions, positions, self.classes,
-                    below=self.rmsd_threshold) < self.rmsd_threshold
+            return diff.max() < threshold
+        return rmsd(a.positions, positions, self.classes, below=threshold) < threshold
+
+    def _known_basin(self, w: int) -> int | None:
+        """The known minimum, no lower than walker w's home, that w's unfinished
+        quench is already close to (see ``revisit_fmax``), or None."""
+        x, f = self.quench.x[w].numpy(), float(self.quench.f[w])
+        home = float(self.home_f[w])
+        for i, known in enumerate(self.minima):
+            rise = f - known.energy        # the quench still descends towards it
+            if (known.energy >= home - self.archive_gate and -self.archive_gate <= rise <= self.revisit_fmax
+                    and self._same(known, x, f, math.inf, threshold=0.4 * self.rmsd_threshold)):
+                return i
+        return None
 
     @property
     def archive_gate(self) -> float:
@@ -416,7 +438,17 @@ class ConformerSearch:
             self.home_x[w], self.home_f[w], self.home_g[w] = self.quench.x[w], f, self.quench.g[w]
             self.home_s[w], self.home_y[w] = self.quench.s[w], self.quench.y[w]
             self.home_index[w] = index
-        elif self.home_policy == "archive" and self._home_exhausted(w):
+        else:
+            self._leave_exhausted_home(w)
+
+    def _finish_revisit(self, w: int, index: int):
+        """Walker w's quench was seen to be heading into known minimum ``index``."""
+        self.minima[index].visits += 1
+        self._adapt_energy(w, self.energy_growth)
+        self._leave_exhausted_home(w)
+
+    def _leave_exhausted_home(self, w: int):
+        if self.home_policy == "archive" and self._home_exhausted(w):
             self._move_home(w, self._draw_home())
 
     def _excursion_energy(self, w: int) -> float:
@@ -538,11 +570,22 @@ class ConformerSearch:
             near_lowest = self.quench.f < self.lowest + self.archive_gate
             fmax = torch.where(near_lowest, torch.tensor(self.quench_fmax, dtype=torch.float64),
                                torch.tensor(self.screen_fmax, dtype=torch.float64))
-            converged = ecd.max_force(self.quench.g) < fmax
-            settled = torch.nonzero(~self.exploring & ~failed & (
-                converged | (self.quench.steps >= self.quench_steps))).flatten().tolist()
+            largest = ecd.max_force(self.quench.g)
+            quenching = ~self.exploring & ~failed
+            revisits = {}
+            if self.revisit_fmax > 0:
+                close = quenching & (largest < self.revisit_fmax) & (largest >= fmax)
+                for w in torch.nonzero(close).flatten().tolist():
+                    index = self._known_basin(w)
+                    if index is not None:
+                        revisits[w] = index
+            settled = torch.nonzero(quenching & ((largest < fmax) | (self.quench.steps >= self.quench_steps))
+                                    ).flatten().tolist() + list(revisits)
             for w in settled:
-                self._finish_quench(w)
+                if w in revisits:
+                    self._finish_revisit(w, revisits[w])
+                else:
+                    self._finish_quench(w)
             if ended:
                 idx = torch.tensor(ended)
                 self._start_quenches(ended, self.best_cart[idx], self.walkers.best_f[idx],
