@@ -402,17 +402,22 @@ def quench_init(x, f, g, qp: QuenchParams = QuenchParams()) -> QuenchState:
 
 
 def quench_propose(state: QuenchState, qp: QuenchParams = QuenchParams()) -> QuenchState:
-    """L-BFGS two-loop direction for every walker, capped at qp.max_step per atom.
+    """L-BFGS direction for every walker, capped at qp.max_step per atom.
 
-    Empty history slots are zero and drop out of the recursion, so walkers with
-    different history lengths share one vectorized pass.
+    Empty history slots are zero and drop out, so walkers with different
+    history lengths share one vectorized pass.
     """
     W = state.x.shape[0]
     if qp.precon:
         # H0 = gamma P^-1, gamma from the newest pair: soft collective motions
         # (torsions) get long steps, stiff bonds short ones
         lap = exp_preconditioner(state.x)
-        solve = lambda v: torch.linalg.solve(lap, v.reshape(state.x.shape)).reshape(W, -1)  # noqa: E731
+        N = state.x.shape[1]
+
+        def solve(v):                       # (W, k, 3N) -> P^-1 on each of the k vectors
+            k = v.shape[1]
+            columns = v.reshape(W, k, N, 3).permute(0, 2, 1, 3).reshape(W, N, 3 * k)
+            return torch.linalg.solve(lap, columns).reshape(W, N, k, 3).permute(0, 2, 1, 3).reshape(W, k, -1)
     else:
         solve = None
     dx = -inverse_hessian_apply(state.s, state.y, state.g.reshape(W, -1), 1.0 / qp.alpha,
@@ -427,34 +432,36 @@ def quench_propose(state: QuenchState, qp: QuenchParams = QuenchParams()) -> Que
 
 
 def inverse_hessian_apply(s, y, v, fallback: float, precondition=None) -> torch.Tensor:
-    """H v for each walker's L-BFGS inverse-Hessian model (two-loop recursion).
+    """H v for each walker's L-BFGS inverse-Hessian model.
 
-    s, y: (W, m, D) curvature pairs, newest last, zero rows unused; v: (W, D).
-    H0 = gamma P^-1 with gamma = s.y / y.P^-1 y of the newest pair, or
-    ``fallback`` (length^2/energy) where there is none; ``precondition(v)``
-    applies P^-1 (identity when None). Returns (W, D).
+    s, y: (W, m, D) curvature pairs, newest last; rows with s.y <= 0 (zero:
+    unused) take no part; v: (W, D). H0 = gamma P^-1 with gamma = s.y / y.P^-1 y
+    of the newest pair, or ``fallback`` (length^2/energy) where there is none;
+    ``precondition(u)`` applies P^-1 to u (W, k, D) (identity when None).
+    Returns (W, D), the two-loop recursion's result, computed in the compact
+    form of Byrd, Nocedal and Schnabel (Math. Prog. 63, 129, 1994, eq. 2.6):
+    with R = upper triangle of S^T Y and D = its diagonal,
+    H v = H0 v + S R^-T ((D + Y^T H0 Y) u - Y^T H0 v) - H0 Y u,  u = R^-1 S^T v,
+    a dozen batched products where the recursion takes 2m sequential steps.
     """
-    q = v.clone()
     sy = (s * y).sum(-1)                                    # (W, m)
-    rho = torch.where(sy > 0, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy))
-    m = s.shape[1]
-    alphas = []
-    for i in reversed(range(m)):
-        a = rho[:, i] * (s[:, i] * q).sum(-1)
-        q = q - a[:, None] * y[:, i]
-        alphas.append(a)
+    live = sy > 0
+    s = s * live[..., None]
+    y = y * live[..., None]
+    columns = torch.cat([v[:, None], y], 1)                 # (W, 1 + m, D)
     if precondition is not None:
-        q, y_last = precondition(q), precondition(y[:, -1])
-    else:
-        y_last = y[:, -1]
-    yy = (y[:, -1] * y_last).sum(-1)
-    have = (rho[:, -1] > 0) & (yy > 0)
-    gamma = torch.where(have, sy[:, -1] / yy.clamp_min(1e-300), torch.full_like(yy, fallback))
-    r = gamma[:, None] * q
-    for i, a in zip(range(m), reversed(alphas)):
-        b = rho[:, i] * (y[:, i] * r).sum(-1)
-        r = r + (a - b)[:, None] * s[:, i]
-    return r
+        columns = precondition(columns)
+    pv, py = columns[:, 0], columns[:, 1:]
+    y_py = (y[:, -1] * py[:, -1]).sum(-1)
+    have = live[:, -1] & (y_py > 0)
+    gamma = torch.where(have, sy[:, -1] / y_py.clamp_min(1e-300), torch.full_like(y_py, fallback))
+    h0v, h0y = gamma[:, None] * pv, gamma[:, None, None] * py
+    # unused pairs get a unit diagonal: their rows decouple with u = 0
+    R = torch.triu(s @ y.transpose(1, 2)) + torch.diag_embed((~live).to(s.dtype))
+    u = torch.linalg.solve_triangular(R, (s @ v[..., None]), upper=True)             # (W, m, 1)
+    middle = (torch.diag_embed(sy * live) + y @ h0y.transpose(1, 2)) @ u - h0y @ v[..., None]
+    top = torch.linalg.solve_triangular(R.transpose(1, 2), middle, upper=False)
+    return h0v + (s.transpose(1, 2) @ top - h0y.transpose(1, 2) @ u).squeeze(-1)
 
 
 def rigid_free(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:

@@ -275,6 +275,47 @@ def test_inverse_hessian_model_is_exact_after_conjugate_pairs_of_a_quadratic():
     assert torch.allclose(ecd.inverse_hessian_apply(zeros, zeros, v, 0.5), 0.5 * v)
 
 
+def _two_loop(s, y, v, fallback, precondition=None):
+    """The textbook L-BFGS two-loop recursion (Nocedal & Wright, Alg. 7.4), one
+    walker at a time, pairs with s.y <= 0 skipped: the reference for the
+    batched compact form."""
+    out = []
+    for w in range(v.shape[0]):
+        pairs = [(s[w, i], y[w, i]) for i in range(s.shape[1]) if float(s[w, i] @ y[w, i]) > 0]
+        q, alphas = v[w].clone(), []
+        for si, yi in reversed(pairs):
+            a = (si @ q) / (si @ yi)
+            q = q - a * yi
+            alphas.append(a)
+        apply = (lambda u: precondition(u[None, None])[0, 0]) if precondition else (lambda u: u)
+        yl = y[w, -1]
+        newest = float(s[w, -1] @ yl) > 0 and float(yl @ apply(yl)) > 0
+        gamma = (s[w, -1] @ yl) / (yl @ apply(yl)) if newest else fallback
+        r = gamma * apply(q)
+        for (si, yi), a in zip(pairs, reversed(alphas)):
+            r = r + (a - (yi @ r) / (si @ yi)) * si
+        out.append(r)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_compact_inverse_hessian_equals_the_two_loop_recursion(preconditioned):
+    gen = torch.Generator().manual_seed(3)
+    W, m, D = 4, 7, 9
+    A, _, _ = _spd(D, 1)
+    s = torch.randn(W, m, D, generator=gen, dtype=torch.float64)
+    y = s @ A + 0.3 * torch.randn(W, m, D, generator=gen, dtype=torch.float64)
+    s[0, :3] = y[0, :3] = 0.0             # a short history: leading rows unused
+    s[1] = y[1] = 0.0                     # none at all
+    y[2, 4] = -s[2, 4]                    # negative curvature in the middle: skipped
+    y[3, -1] = -s[3, -1]                  # ... and as the newest pair: gamma falls back
+    v = torch.randn(W, D, generator=gen, dtype=torch.float64)
+    P, _, _ = _spd(D, 2)
+    precondition = (lambda u: torch.linalg.solve(P, u.transpose(1, 2)).transpose(1, 2)) if preconditioned else None
+    compact = ecd.inverse_hessian_apply(s, y, v, 0.05, precondition)
+    assert torch.allclose(compact, _two_loop(s, y, v, 0.05, precondition), rtol=1e-9, atol=1e-12)
+
+
 def test_rigid_free_removes_translation_and_rotation_only():
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(3, 7, 3, generator=gen, dtype=torch.float64)

@@ -250,7 +250,7 @@ def test_quenches_screen_loosely_and_the_lowest_minimum_is_quenched_tight():
 
 def test_a_quench_heading_into_a_known_minimum_stops_early_as_a_revisit():
     def run(revisit_fmax):
-        search = ConformerSearch(random_cluster(13, seed=0), walkers=4, max_force_calls=3000,
+        search = ConformerSearch(random_cluster(19, seed=0), walkers=4, max_force_calls=5000,
                                  seed=0, revisit_fmax=revisit_fmax)
         result = search.run()
         landings = sum(m.visits for m in search.minima)
@@ -259,7 +259,7 @@ def test_a_quench_heading_into_a_known_minimum_stops_early_as_a_revisit():
     screened, calls_per_landing = run(None)
     assert screened.revisit_fmax == 0.3
     full, calls_per_full_quench = run(0.0)
-    assert calls_per_landing < 0.95 * calls_per_full_quench
+    assert calls_per_landing < 0.9 * calls_per_full_quench
     # revisits end before converging; every minimum kept was still quenched to screen_fmax
     assert all(np.linalg.norm(m.gradient, axis=1).max() < screened.screen_fmax
                for m in screened.minima)
