@@ -572,15 +572,15 @@ class ConformerSearch:
                                torch.tensor(self.screen_fmax, dtype=torch.float64))
             largest = ecd.max_force(self.quench.g)
             quenching = ~self.exploring & ~failed
+            finished = quenching & ((largest < fmax) | (self.quench.steps >= self.quench_steps))
             revisits = {}
             if self.revisit_fmax > 0:
-                close = quenching & (largest < self.revisit_fmax) & (largest >= fmax)
+                close = quenching & ~finished & (largest < self.revisit_fmax)
                 for w in torch.nonzero(close).flatten().tolist():
                     index = self._known_basin(w)
                     if index is not None:
                         revisits[w] = index
-            settled = torch.nonzero(quenching & ((largest < fmax) | (self.quench.steps >= self.quench_steps))
-                                    ).flatten().tolist() + list(revisits)
+            settled = torch.nonzero(finished).flatten().tolist() + list(revisits)
             for w in settled:
                 if w in revisits:
                     self._finish_revisit(w, revisits[w])
