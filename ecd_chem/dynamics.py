@@ -442,7 +442,8 @@ def inverse_hessian_apply(s, y, v, fallback: float, precondition=None) -> torch.
     form of Byrd, Nocedal and Schnabel (Math. Prog. 63, 129, 1994, eq. 2.6):
     with R = upper triangle of S^T Y and D = its diagonal,
     H v = H0 v + S R^-T ((D + Y^T H0 Y) u - Y^T H0 v) - H0 Y u,  u = R^-1 S^T v,
-    a dozen batched products where the recursion takes 2m sequential steps.
+    seven batched products and two triangular solves where the recursion takes
+    2m sequential steps.
     """
     sy = (s * y).sum(-1)                                    # (W, m)
     live = sy > 0
