@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import pathlib
 import statistics
 import time
@@ -160,13 +161,17 @@ def lj_benchmark(sizes, seeds, walker_counts, peers, seeds_large, settings=None)
             t0 = time.time()
             hits = [method(s) for s in range(runs)]
             ok = [h for h in hits if h is not None]
+            # standard error of the mean: these means are heavy-tailed, so read
+            # differences within about two of these as noise
+            sem = statistics.stdev(ok) / math.sqrt(len(ok)) if len(ok) > 1 else None
             row[label] = {"success": len(ok), "runs": runs, "budget": budget,
-                          "mean_calls": statistics.mean(ok) if ok else None, "calls": hits,
-                          "wall_s": time.time() - t0}
+                          "mean_calls": statistics.mean(ok) if ok else None,
+                          "sem_calls": sem, "calls": hits, "wall_s": time.time() - t0}
             if label in shares:
                 row[label]["ecd_share"] = statistics.mean(shares[label])
             print(f"  LJ{n:<3d} {label:22s} {len(ok)}/{runs}  mean calls "
-                  f"{statistics.mean(ok) if ok else float('nan'):10.0f}", flush=True)
+                  f"{statistics.mean(ok) if ok else float('nan'):10.0f} "
+                  f"± {sem if sem is not None else float('nan'):.0f}", flush=True)
         table[f"LJ{n}"] = row
     return table
 
