@@ -157,11 +157,16 @@ class ConformerSearch:
         threshold: it only has to tell which minimum it reached. Clusters 0.03;
         molecules: quench_fmax (no screening).
     revisit_fmax (eV/A): a quench stops as soon as its largest force is below
-        this and it already matches a known minimum that is no lower than the
-        walker's home (by more than the archive's energy gate), within 0.4 x
-        rmsd_threshold in geometry and at most revisit_fmax x 1 A above it in
+        this (0: never) and it already matches a known minimum that is no lower
+        than the walker's home (by more than the archive's energy gate), within
+        ``revisit_rmsd`` in geometry and at most revisit_fmax x 1 A above it in
         energy: a revisit, known without converging. Clusters 0.3; molecules 0
-        (off: their quenches are short anyway).
+        (off: measured on, it slowed alanine dipeptide; see benchmarks/EXPERIMENTS.md).
+    revisit_rmsd: that geometric match, in the dedup's measure (molecules:
+        RMSD in A; clusters: largest difference of sorted pair distances);
+        default 0.4 x rmsd_threshold. On molecules at 0.3 eV/A a match that
+        tight almost never fires (the geometry can still lie tenths of an A
+        from the minimum along a soft torsion); 0.25 A does.
     energy_window (kcal/mol): conformers kept above the lowest.
     energy_tolerance (kcal/mol), rmsd_threshold (A): duplicates are closer in both.
     temperature (K): Boltzmann weights.
@@ -178,7 +183,8 @@ class ConformerSearch:
                  leave_at=4.0, method="bbi",
                  eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_torsions=2,
                  top_weight=0.3,
-                 quench_fmax=None, screen_fmax=None, revisit_fmax=None, quench_steps=500,
+                 quench_fmax=None, screen_fmax=None, revisit_fmax=None, revisit_rmsd=None,
+                 quench_steps=500,
                  refine_fmax=None,
                  energy_window=6.0, energy_tolerance=0.05, rmsd_threshold=0.125,
                  temperature=298.15, start_rattle=0.1, target_energy=None,
@@ -245,6 +251,10 @@ class ConformerSearch:
         self.revisit_fmax = float((0.3 if cluster else 0.0) if revisit_fmax is None else revisit_fmax)
         if not self.revisit_fmax >= 0:
             raise ValueError(f"revisit_fmax must be >= 0 (0: off), got {revisit_fmax}")
+        self.revisit_rmsd = float(0.4 * rmsd_threshold
+                                  if revisit_rmsd is None else revisit_rmsd)
+        if not self.revisit_rmsd > 0:
+            raise ValueError(f"revisit_rmsd must be > 0, got {revisit_rmsd}")
         self.quench_steps = int(quench_steps)
         self.refine_fmax = refine_fmax or (1e-3 if cluster else 0.01)
         self.energy_window = energy_window * KCAL_PER_MOL
@@ -303,7 +313,7 @@ class ConformerSearch:
         for i, known in enumerate(self.minima):
             rise = f - known.energy        # the quench still descends towards it
             if (known.energy >= home - self.archive_gate and -self.archive_gate <= rise <= self.revisit_fmax
-                    and self._same(known, x, f, math.inf, threshold=0.4 * self.rmsd_threshold)):
+                    and self._same(known, x, f, math.inf, threshold=self.revisit_rmsd)):
                 return i
         return None
 

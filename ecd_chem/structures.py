@@ -336,12 +336,18 @@ def rmsd(a: np.ndarray, b: np.ndarray, classes=None, iterations: int = 4,
     Alignment and assignment alternate, starting from the given order and from
     the principal-axes alignments, so that a permuted copy is recognised even
     when it is also rotated. ``below``: stop at the first alignment closer than
-    this and return its RMSD (enough to decide "same structure").
+    this and return its RMSD (enough to decide "same structure"), or return a
+    lower bound >= ``below`` at once when the atoms' distances from the centre
+    already rule that out.
     """
     from scipy.optimize import linear_sum_assignment
 
     a = np.asarray(a, float) - np.mean(a, 0)
     b = np.asarray(b, float) - np.mean(b, 0)
+    if below is not None:
+        bound = _radial_bound(a, b, classes)
+        if bound >= below:
+            return bound
 
     def deviation(order):
         moved = a[order] @ _kabsch(a[order], b)
@@ -362,6 +368,22 @@ def rmsd(a: np.ndarray, b: np.ndarray, classes=None, iterations: int = 4,
             order = _assign(a @ _kabsch(a[order], b), b, groups, linear_sum_assignment)
         best = min(best, deviation(order))
     return best
+
+
+def _radial_bound(a, b, classes=None) -> float:
+    """A lower bound on the RMSD of centred a, b (N, 3) over all rotations and
+    permutations within ``classes``: rotations keep each atom's distance from
+    the centre, |r - r'| >= | |r| - |r'| |, and in one dimension the sorted
+    matching is the best one."""
+    ra, rb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    if classes is None:
+        return float(np.sqrt(np.mean((ra - rb) ** 2)))
+    classes = np.asarray(classes)
+    total = 0.0
+    for c in np.unique(classes):
+        members = classes == c
+        total += float(((np.sort(ra[members]) - np.sort(rb[members])) ** 2).sum())
+    return float(np.sqrt(total / len(a)))
 
 
 def _assign(a_rot, b, groups, solver):

@@ -74,8 +74,9 @@ def test_rmsd_ignores_rotation_translation_and_equivalent_permutations():
 
 
 def test_rmsd_that_stops_early_decides_the_same():
-    """``below`` may stop the alignment search early; the verdict "closer than
-    below" must not change, for copies and for different conformers."""
+    """``below`` may stop the alignment search early, or skip it when the
+    distances from the centre already rule a match out; the verdict "closer
+    than below" must not change, for copies and for different conformers."""
     atoms = read(MOLECULES / "n-butane.xyz")
     classes = equivalence_classes(atoms.numbers, bond_graph(atoms))
     anti = atoms.positions
@@ -96,7 +97,8 @@ def test_rmsd_that_stops_early_decides_the_same():
             full = rmsd(anti, other, classes)
             early = rmsd(anti, other, classes, below=threshold)
             assert (early < threshold) == (full < threshold)
-            assert early >= full - 1e-12
+            # an alignment found on the way, or a lower bound that is not below
+            assert early >= full - 1e-12 or threshold <= early <= full + 1e-12
 
 
 def test_distinct_conformers_stay_apart(ani):
@@ -265,6 +267,29 @@ def test_a_quench_heading_into_a_known_minimum_stops_early_as_a_revisit():
                for m in screened.minima)
     with pytest.raises(ValueError, match="revisit_fmax"):
         ConformerSearch(random_cluster(13, seed=0), walkers=1, revisit_fmax=-1)
+
+
+def test_molecule_revisits_stop_early_and_lose_no_conformer(ani):
+    """Butane with one walker and revisits on (off by default for molecules):
+    they end early (fewer quench calls per landing), and the anti and both
+    gauche conformers are still found."""
+    atoms = read(MOLECULES / "n-butane.xyz")
+
+    def run(revisit_fmax):
+        search = ConformerSearch(atoms, ani, walkers=1, max_force_calls=400, seed=0,
+                                 revisit_fmax=revisit_fmax, revisit_rmsd=0.25)
+        result = search.run()
+        landings = sum(m.visits for m in search.minima)
+        kinds = sorted({round((c.get_dihedral(0, 1, 2, 3) % 360) / 60) % 6 for c in result.conformers})
+        return search, result.quench_calls / landings, kinds
+
+    assert ConformerSearch(atoms, ani, walkers=1).revisit_fmax == 0.0
+    screened, per_landing, kinds = run(0.3)
+    _, per_full_quench, kinds_full = run(0.0)
+    assert per_landing < 0.9 * per_full_quench
+    assert kinds == kinds_full == [1, 3, 5]          # gauche+, anti, gauche-
+    with pytest.raises(ValueError, match="revisit_rmsd"):
+        ConformerSearch(atoms, ani, walkers=1, revisit_rmsd=0)
 
 
 @pytest.mark.parametrize("budget", [16, 101, 777])
