@@ -408,18 +408,9 @@ def quench_propose(state: QuenchState, qp: QuenchParams = QuenchParams()) -> Que
     history lengths share one vectorized pass.
     """
     W = state.x.shape[0]
-    if qp.precon:
-        # H0 = gamma P^-1, gamma from the newest pair: soft collective motions
-        # (torsions) get long steps, stiff bonds short ones
-        lap = exp_preconditioner(state.x)
-        N = state.x.shape[1]
-
-        def solve(v):                       # (W, k, 3N) -> P^-1 on each of the k vectors
-            k = v.shape[1]
-            columns = v.reshape(W, k, N, 3).permute(0, 2, 1, 3).reshape(W, N, 3 * k)
-            return torch.linalg.solve(lap, columns).reshape(W, N, k, 3).permute(0, 2, 1, 3).reshape(W, k, -1)
-    else:
-        solve = None
+    # H0 = gamma P^-1, gamma from the newest pair: soft collective motions
+    # (torsions) get long steps, stiff bonds short ones
+    solve = exp_solver(state.x) if qp.precon else None
     dx = -inverse_hessian_apply(state.s, state.y, state.g.reshape(W, -1), 1.0 / qp.alpha,
                                 solve).reshape(state.x.shape)
     # Not a descent direction (stale curvature): fall back to steepest descent.
@@ -483,21 +474,24 @@ def rigid_free(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return (flat - (Q * coeff[:, None, :]).sum(-1)).reshape(d.shape)
 
 
-def soft_directions(s, y, power: int = 3, fallback: float = 1.0):
+def soft_directions(s, y, power: int = 3, fallback: float = 1.0, precon: bool = False):
     """A ``directions(x, rng)`` for :func:`bounce` that favours soft modes.
 
     Gaussian random directions, rigid motions removed, multiplied ``power``
     times by the L-BFGS inverse-Hessian model (s, y) (W, m, 3N) of a nearby
     minimum, so a component along a mode of curvature k grows as k^-power.
     Walkers with no pairs get the isotropic direction (less rigid motions).
-    No force calls.
+    ``precon``: the model's H0 is gamma P^-1 with the Exp preconditioner P, as
+    in a preconditioned quench. No force calls.
     """
     def draw(x, rng):
         d = rigid_free(x, isotropic(x, rng))
         W = x.shape[0]
+        solve = exp_solver(x) if precon else None
         for _ in range(power):
             d = _unit(d)
-            d = rigid_free(x, inverse_hessian_apply(s, y, d.reshape(W, -1), fallback).reshape(x.shape))
+            d = rigid_free(x, inverse_hessian_apply(s, y, d.reshape(W, -1), fallback,
+                                                    solve).reshape(x.shape))
         return d
     return draw
 
@@ -523,6 +517,19 @@ def sparse_directions(weights: torch.Tensor, count: int = 2):
         mask = torch.zeros(W, w.shape[1], dtype=x.dtype).scatter_(1, pick, 1.0)
         return isotropic(x, rng) * mask.to(x.device).reshape(x.shape)
     return draw
+
+
+def exp_solver(x: torch.Tensor):
+    """u (W, k, 3N) -> P^-1 u for the Exp preconditioner P of the geometries x
+    (W, N, 3), acting on each Cartesian component."""
+    W, N = x.shape[:2]
+    lap = exp_preconditioner(x)
+
+    def solve(v):
+        k = v.shape[1]
+        columns = v.reshape(W, k, N, 3).permute(0, 2, 1, 3).reshape(W, N, 3 * k)
+        return torch.linalg.solve(lap, columns).reshape(W, N, k, 3).permute(0, 2, 1, 3).reshape(W, k, -1)
+    return solve
 
 
 def exp_preconditioner(x: torch.Tensor, A: float = 3.0, c_stab: float = 0.1) -> torch.Tensor:

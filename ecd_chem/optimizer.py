@@ -60,6 +60,10 @@ class ECDOpt(Optimizer):
     patience: ECD steps without a new lowest energy that end exploration.
     maxstep: largest atomic displacement of a quench step (A).
     memory: L-BFGS history length of the quench.
+    precon: start the quench's inverse Hessian from the Exp preconditioner
+        (Packwood et al. 2016), so soft collective motions take long steps.
+        None (default): on for a plain, non-periodic Atoms; off for filters
+        (their cell rows are not atoms) and periodic cells.
     """
 
     defaults = {**Optimizer.defaults, "maxstep": 0.2}
@@ -68,7 +72,7 @@ class ECDOpt(Optimizer):
                  append_trajectory=False, seed=None, *, method="bbi", dt=0.1, eta=1.0,
                  delta_energy=0.0, gap=1.0, conserve_energy=True, nu=0.0, bounce_every=0,
                  fixed_bounces=0, bounce_patience=0, max_step=0.2, explore_steps=30,
-                 patience=3, maxstep=None, memory=100, **kwargs):
+                 patience=3, maxstep=None, memory=100, precon=None, **kwargs):
         if _atoms_of(atoms).calc is None:
             raise ValueError("ECDOpt needs atoms with a calculator attached (atoms.calc is None)")
         self.params = ecd.ECDParams(
@@ -79,7 +83,12 @@ class ECDOpt(Optimizer):
         self.maxstep = self.defaults["maxstep"] if maxstep is None else maxstep
         if self.maxstep <= 0 or explore_steps < 0 or patience < 1 or memory < 1:
             raise ValueError("maxstep must be > 0, explore_steps >= 0, patience >= 1, memory >= 1")
-        self.quench_params = ecd.QuenchParams(memory=memory, max_step=self.maxstep)
+        if precon is None:
+            precon = _atoms_of(atoms) is atoms and not atoms.pbc.any()
+        elif precon and (_atoms_of(atoms) is not atoms or atoms.pbc.any()):
+            raise ValueError("precon=True needs a plain, non-periodic Atoms (not a filter)")
+        self.quench_params = ecd.QuenchParams(memory=memory, max_step=self.maxstep,
+                                              precon=bool(precon))
         self.explore_steps = int(explore_steps)
         self.patience = int(patience)
         self.seed = seed
@@ -105,7 +114,8 @@ class ECDOpt(Optimizer):
     def todict(self):
         d = super().todict()
         d.update(method=self.params.method, dt=self.params.dt, eta=self.params.eta,
-                 explore_steps=self.explore_steps, patience=self.patience)
+                 explore_steps=self.explore_steps, patience=self.patience,
+                 precon=self.quench_params.precon)
         return d
 
     def _evaluation(self, gradient=None):

@@ -269,6 +269,21 @@ def test_a_quench_heading_into_a_known_minimum_stops_early_as_a_revisit():
         ConformerSearch(random_cluster(13, seed=0), walkers=1, revisit_fmax=-1)
 
 
+def test_preconditioned_cluster_quenches_cost_fewer_calls_per_landing():
+    def calls_per_landing(precon):
+        quench = landings = 0
+        for seed in (0, 1):
+            search = ConformerSearch(random_cluster(13, seed=seed), walkers=4,
+                                     max_force_calls=3000, seed=seed, precon=precon)
+            result = search.run()
+            assert search.qp.precon is precon
+            quench += result.quench_calls
+            landings += sum(1 + m.visits for m in search.minima)
+        return quench / landings
+
+    assert calls_per_landing(True) < 0.85 * calls_per_landing(False)
+
+
 def test_molecule_revisits_stop_early_and_lose_no_conformer(ani):
     """Butane with one walker and revisits on (off by default for molecules):
     they end early (fewer quench calls per landing), and the anti and both
