@@ -169,8 +169,9 @@ class ConformerSearch:
         from the minimum along a soft torsion); 0.25 A does.
     precon: quench with the Exp preconditioner as the L-BFGS model's initial
         inverse Hessian, and take soft-mode kicks from that same model.
-        Default: molecules on; clusters off (on, LJ13 and LJ19 needed 17-39%
-        fewer calls and LJ26 at W = 4 52% more; see benchmarks/EXPERIMENTS.md).
+        Default: molecules on; clusters off (on, LJ13 and LJ19 at W = 1 needed
+        17% and 39% fewer calls to the global minimum, LJ26 at W = 4 53% more;
+        see benchmarks/EXPERIMENTS.md).
     energy_window (kcal/mol): conformers kept above the lowest.
     energy_tolerance (kcal/mol), rmsd_threshold (A): duplicates are closer in both.
     temperature (K): Boltzmann weights.

@@ -139,10 +139,10 @@ def test_restart_in_quench_phase(tmp_path):
     assert np.allclose(half.positions, whole.positions, atol=1e-10)
 
 
-def test_preconditioned_quench_is_the_default_for_molecules_and_saves_calls():
-    """The Exp-preconditioned quench reaches the same minima in fewer force calls
-    (ANI-1x on the g2 set: median 34.5 -> 31.5 calls to 0.01 eV/A); it is off
-    where rows are not atoms (filters) or the cell is periodic."""
+def test_preconditioned_quench_saves_calls_and_is_on_only_for_plain_atoms():
+    """The Exp-preconditioned quench converges in fewer force calls (ANI-1x on
+    the g2 set: median 34.5 -> 31.5 calls to 0.01 eV/A; here LJ19); it is off
+    by default where rows are not atoms (filters) or the cell is periodic."""
     calls = {}
     for precon in (False, True):
         total = 0
