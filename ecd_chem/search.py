@@ -64,6 +64,13 @@ class Minimum:
     gradient: np.ndarray | None = None   # (N, 3) eV/A at positions, so refining needs no re-evaluation
     excursion_energy: float = 0.0        # eV, dE of excursions from it (home_policy 'archive')
     curvature: tuple | None = None       # L-BFGS pairs (s, y) its quench left; memory only
+    _fingerprint: tuple | None = field(default=None, repr=False)   # (positions, sorted pair distances)
+
+    def fingerprint(self) -> np.ndarray:
+        """Sorted pair distances (clusters' dedup), kept until positions are replaced."""
+        if self._fingerprint is None or self._fingerprint[0] is not self.positions:
+            self._fingerprint = (self.positions, cluster_fingerprint(self.positions))
+        return self._fingerprint[1]
 
 
 @dataclass
@@ -302,24 +309,23 @@ class ConformerSearch:
         return min((m.energy for m in self.minima), default=float("inf"))
 
     # -- archive of minima ------------------------------------------------------------------
-    def _same(self, a: Minimum, positions, energy, energy_gate, threshold=None) -> bool:
-        if abs(a.energy - energy) > energy_gate:
+    def _same(self, a: Minimum, b: Minimum, energy_gate, threshold=None) -> bool:
+        if abs(a.energy - b.energy) > energy_gate:
             return False
         threshold = threshold or self.rmsd_threshold
         if self.kind == "cluster":
-            diff = np.abs(cluster_fingerprint(a.positions) - cluster_fingerprint(positions))
-            return diff.max() < threshold
-        return rmsd(a.positions, positions, self.classes, below=threshold) < threshold
+            return np.abs(a.fingerprint() - b.fingerprint()).max() < threshold
+        return rmsd(a.positions, b.positions, self.classes, below=threshold) < threshold
 
     def _known_basin(self, w: int) -> int | None:
         """The known minimum, no lower than walker w's home, that w's unfinished
         quench is already close to (see ``revisit_fmax``), or None."""
-        x, f = self.quench.x[w].numpy(), float(self.quench.f[w])
+        probe = Minimum(self.quench.x[w].numpy(), float(self.quench.f[w]), self.calls)
         home = float(self.home_f[w])
         for i, known in enumerate(self.minima):
-            rise = f - known.energy        # the quench still descends towards it
+            rise = probe.energy - known.energy        # the quench still descends towards it
             if (known.energy >= home - self.archive_gate and -self.archive_gate <= rise <= self.revisit_fmax
-                    and self._same(known, x, f, math.inf, threshold=self.revisit_rmsd)):
+                    and self._same(known, probe, math.inf, threshold=self.revisit_rmsd)):
                 return i
         return None
 
@@ -331,17 +337,16 @@ class ConformerSearch:
 
     def _archive(self, positions, energy, gradient) -> tuple[bool, int]:
         """Add a minimum unless known; (is_new, index)."""
-        gate = self.archive_gate
+        probe = Minimum(positions.copy(), float(energy), self.calls, gradient=gradient.copy(),
+                        excursion_energy=float(self.excursion_energy))
         for i, known in enumerate(self.minima):
-            if self._same(known, positions, energy, gate):
+            if self._same(known, probe, self.archive_gate):
                 known.visits += 1
-                if energy < known.energy:
-                    known.positions, known.energy = positions.copy(), energy
-                    known.gradient = gradient.copy()
+                if probe.energy < known.energy:
+                    known.positions, known.energy = probe.positions, probe.energy
+                    known.gradient = probe.gradient
                 return False, i
-        self.minima.append(Minimum(positions.copy(), float(energy), self.calls,
-                                   gradient=gradient.copy(),
-                                   excursion_energy=float(self.excursion_energy)))
+        self.minima.append(probe)
         if not self.history or energy < self.history[-1][1]:
             self.history.append((self.calls, float(energy)))
         return True, len(self.minima) - 1
@@ -665,8 +670,7 @@ class ConformerSearch:
                 probe.positions = m.positions
                 if not same_topology(bond_graph(probe), self.topology):
                     continue
-            same = next((k for k in kept if self._same(k, m.positions, m.energy,
-                                                    self.energy_tolerance)), None)
+            same = next((k for k in kept if self._same(k, m, self.energy_tolerance)), None)
             if same is None:
                 kept.append(m)
             else:

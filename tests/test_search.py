@@ -229,6 +229,14 @@ def test_cluster_fingerprint_invariant():
     assert np.allclose(cluster_fingerprint(x), cluster_fingerprint(y))
 
 
+def test_a_minimum_s_fingerprint_follows_its_positions():
+    x = random_cluster(13, seed=0).positions
+    m = Minimum(x, -40.0, 0)
+    assert np.allclose(m.fingerprint(), cluster_fingerprint(x))
+    m.positions = 1.1 * x               # a lower copy or the refinement replaces them
+    assert np.allclose(m.fingerprint(), cluster_fingerprint(1.1 * x))
+
+
 # -- budget, output ----------------------------------------------------------------------------------
 
 class CountingLJ(LennardJonesModel):
