@@ -345,7 +345,7 @@ def rmsd(a: np.ndarray, b: np.ndarray, classes=None, iterations: int = 4,
     a = np.asarray(a, float) - np.mean(a, 0)
     b = np.asarray(b, float) - np.mean(b, 0)
     if below is not None:
-        bound = _radial_bound(a, b, classes)
+        bound = max(_radial_bound(a, b, classes), _centroid_bound(a, b, classes))
         if bound >= below:
             return bound
 
@@ -365,7 +365,10 @@ def rmsd(a: np.ndarray, b: np.ndarray, classes=None, iterations: int = 4,
             break
         order = _assign(a @ rot, b, groups, linear_sum_assignment)
         for _ in range(iterations):
-            order = _assign(a @ _kabsch(a[order], b), b, groups, linear_sum_assignment)
+            previous, order = order, _assign(a @ _kabsch(a[order], b), b, groups,
+                                             linear_sum_assignment)
+            if (order == previous).all():    # a fixed point: more rounds repeat it
+                break
         best = min(best, deviation(order))
     return best
 
@@ -384,6 +387,25 @@ def _radial_bound(a, b, classes=None) -> float:
         members = classes == c
         total += float(((np.sort(ra[members]) - np.sort(rb[members])) ** 2).sum())
     return float(np.sqrt(total / len(a)))
+
+
+def _centroid_bound(a, b, classes=None) -> float:
+    """A lower bound on the RMSD of a, b (N, 3) over all rigid motions and
+    permutations within ``classes``: within a class of n atoms, sum |x_i - y_i|^2
+    >= n |mean x - mean y|^2 whatever the matching, so the weighted Kabsch fit of
+    the class centroids bounds the fit of the atoms. Tight when conformers differ
+    in heavy-atom torsions; 0 for classes None (no permutations: no need)."""
+    if classes is None:
+        return 0.0
+    labels, classes = np.unique(np.asarray(classes), return_inverse=True)
+    members = np.zeros((len(labels), len(a)))
+    members[classes, np.arange(len(a))] = 1.0
+    size = members.sum(1)
+    ca, cb = (members @ a) / size[:, None], (members @ b) / size[:, None]
+    weight = size / size.sum()
+    ca = (ca - weight @ ca) * np.sqrt(size)[:, None]
+    cb = (cb - weight @ cb) * np.sqrt(size)[:, None]
+    return float(np.sqrt(((ca @ _kabsch(ca, cb) - cb) ** 2).sum() / len(a)))
 
 
 def _assign(a_rot, b, groups, solver):

@@ -92,6 +92,21 @@ def test_rmsd_invariant_under_rotation_translation_permutation(ethanediol, seed,
 
 
 @SETTINGS
+@given(seed=st.integers(0, 2 ** 31), noise=st.floats(0.0, 1.0))
+def test_rmsd_lower_bounds_never_exceed_the_rmsd(ethanediol, seed, noise):
+    """rmsd(below=...) skips the alignment when a lower bound already reaches
+    ``below``; a bound above the true value would merge distinct conformers' verdicts."""
+    from ecd_chem.structures import _centroid_bound, _radial_bound
+    atoms, classes = ethanediol
+    rng = np.random.default_rng(seed)
+    other = (atoms.positions + rng.normal(0, noise, atoms.positions.shape)) @ random_rotation(seed).T
+    a, b = atoms.positions - atoms.positions.mean(0), other - other.mean(0)
+    full = rmsd(a, b, classes)
+    assert _radial_bound(a, b, classes) <= full + 1e-9
+    assert _centroid_bound(a, b, classes) <= full + 1e-9
+
+
+@SETTINGS
 @given(seed=st.integers(0, 2 ** 31), shift=vectors(1))
 def test_cluster_fingerprint_invariant(seed, shift):
     from ecd_chem.potentials import random_cluster
