@@ -176,9 +176,10 @@ class ConformerSearch:
         from the minimum along a soft torsion); 0.25 A does.
     precon: quench with the Exp preconditioner as the L-BFGS model's initial
         inverse Hessian, and take soft-mode kicks from that same model.
-        Default: molecules on; clusters off (on, LJ13 and LJ19 at W = 1 needed
-        17% and 39% fewer calls to the global minimum, LJ26 at W = 4 53% more;
-        see benchmarks/EXPERIMENTS.md).
+        Default: on for molecules and for a lone walker on a cluster; off for
+        several walkers on a cluster (on, a lone walker needed 17%, 39% and 11%
+        fewer calls to the LJ13, LJ19 and LJ26 global minima; 4 walkers needed
+        53% more on LJ26; see benchmarks/EXPERIMENTS.md).
     energy_window (kcal/mol): conformers kept above the lowest.
     energy_tolerance (kcal/mol), rmsd_threshold (A): duplicates are closer in both.
     temperature (K): Boltzmann weights.
@@ -255,8 +256,9 @@ class ConformerSearch:
         self.hp = ecd.ECDParams(method=method, dt=dt, eta=eta, gap=gap or (4.0 if cluster else 0.5),
                                 bounce_every=bounce_every, fixed_bounces=10 ** 9,
                                 max_step=max_step)
-        self.qp = ecd.QuenchParams(memory=30, max_step=max_step,
-                                   precon=(not cluster) if precon is None else bool(precon))
+        if precon is None:               # measured: see the docstring
+            precon = not cluster or int(walkers) == 1
+        self.qp = ecd.QuenchParams(memory=30, max_step=max_step, precon=bool(precon))
         self.quench_fmax = quench_fmax or (0.01 if cluster else 0.05)
         if screen_fmax is None:
             screen_fmax = 0.03 if cluster else self.quench_fmax

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from ase.build import molecule
+from ase.calculators.emt import EMT
 from ase.io import read
 from scipy.spatial.transform import Rotation
 
@@ -290,6 +291,15 @@ def test_preconditioned_cluster_quenches_cost_fewer_calls_per_landing():
         return quench / landings
 
     assert calls_per_landing(True) < 0.85 * calls_per_landing(False)
+
+
+@pytest.mark.parametrize("kind, walkers, expected", [
+    ("cluster", 1, True), ("cluster", 4, False), ("molecule", 1, True), ("molecule", 4, True)])
+def test_default_preconditioner_follows_kind_and_walker_count(kind, walkers, expected):
+    atoms = random_cluster(13, seed=0) if kind == "cluster" else molecule("CH3CH2OH")
+    calc = LennardJonesModel() if kind == "cluster" else EMT()
+    search = ConformerSearch(atoms, calc, walkers=walkers, kind=kind)
+    assert search.qp.precon is expected
 
 
 def test_molecule_revisits_stop_early_and_lose_no_conformer(ani):
