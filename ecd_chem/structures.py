@@ -338,7 +338,7 @@ def rmsd(a: np.ndarray, b: np.ndarray, classes=None, iterations: int = 4,
     when it is also rotated. ``below``: stop at the first alignment closer than
     this and return its RMSD (enough to decide "same structure"), or return a
     lower bound >= ``below`` at once when the atoms' distances from the centre
-    already rule that out.
+    or the centroids of the classes already rule that out.
     """
     from scipy.optimize import linear_sum_assignment
 
