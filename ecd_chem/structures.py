@@ -241,6 +241,20 @@ class CartesianSpace:
         return cart + dq
 
 
+def symmetric_top_ends(adjacency: np.ndarray, numbers) -> np.ndarray:
+    """(N,) mask of the three like terminal atoms of each symmetric top (the H
+    of CH3, the F of CF3): an atom bonded to them and to one other atom."""
+    adjacency = np.asarray(adjacency, bool)
+    terminal = adjacency.sum(1) == 1
+    ends = np.zeros(len(adjacency), bool)
+    for centre in range(len(adjacency)):
+        tips = np.flatnonzero(adjacency[centre] & terminal)
+        if (len(tips) == 3 and adjacency[centre].sum() == 4
+                and len({int(numbers[k]) for k in tips}) == 1):
+            ends[tips] = True
+    return ends
+
+
 class TorsionSpace:
     """Torsion angles about the rotatable bonds as coordinates for ECD.
 
@@ -262,13 +276,9 @@ class TorsionSpace:
         # atoms on either end, so a turn by 120 degrees gives back the same conformer
         self.symmetric_top = np.zeros(self.count, bool)
         if numbers is not None:
-            degree = adjacency.sum(1)
-
-            def top(centre, other):
-                ends = [k for k in np.flatnonzero(adjacency[centre]) if k != other]
-                return (len(ends) == 3 and all(degree[k] == 1 for k in ends)
-                        and len({int(numbers[k]) for k in ends}) == 1)
-            self.symmetric_top[:] = [top(j, i) or top(i, j) for i, j in zip(self.i, self.j)]
+            ends = symmetric_top_ends(adjacency, numbers)
+            self.symmetric_top[:] = [ends[adjacency[i]].sum() == 3 or ends[adjacency[j]].sum() == 3
+                                     for i, j in zip(self.i, self.j)]
 
     def initial(self, cart):
         import torch
