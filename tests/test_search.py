@@ -468,3 +468,25 @@ def test_smiles_starts_are_distinct_conformers_for_every_seed():
         frames = from_smiles("OCCO", conformers=8, seed=seed)
         distinct = {tuple(np.round(f.positions.ravel(), 3)) for f in frames}
         assert len(distinct) == 8
+
+
+@pytest.mark.parametrize("merge, reported", [(True, 1), (False, 2)])
+def test_conformers_that_differ_only_in_a_methyl_turn_are_reported_once(merge, reported):
+    """A flat methyl rotor leaves one conformer as records a few tenths of a
+    kcal/mol apart; by default only the lowest is reported."""
+    atoms = read(MOLECULES / "n-butane.xyz")
+    search = ConformerSearch(atoms, EMT(), walkers=1, max_force_calls=4,
+                             merge_top_rotamers=merge)
+    search.run()                         # the budget ends before a quench does
+    space = search.space
+    turn = torch.zeros(1, space.count, 1, dtype=torch.float64)
+    turn[0, int(np.flatnonzero(space.symmetric_top)[0])] = 0.7      # 40 degrees
+    turned = space.move(torch.tensor(atoms.positions[None]), turn)[0].numpy()
+    assert rmsd(atoms.positions, turned, search.classes) > search.rmsd_threshold
+    zero = np.zeros_like(atoms.positions)
+    search.minima = [Minimum(atoms.positions, -10.0, 5, gradient=zero),
+                     Minimum(turned, -10.0 + 0.3 * 0.0434, 3, gradient=zero)]
+    result = search.current_result()
+    assert len(result.conformers) == reported
+    assert result.best.info["energy"] == -10.0
+    assert result.best.info["found_at_force_call"] == 5      # a rotamer is not the conformer's find
