@@ -182,8 +182,8 @@ class ConformerSearch:
         53% more on LJ26; see benchmarks/EXPERIMENTS.md).
     energy_window (kcal/mol): conformers kept above the lowest.
     energy_tolerance (kcal/mol), rmsd_threshold (A): duplicates are closer in both.
-    merge_top_rotamers: report conformers that differ only in how their
-        symmetric tops (CH3, CF3) are turned once, the lowest: the RMSD
+    merge_top_rotamers: report once, the lowest, conformers that differ only
+        in how their symmetric tops (CH3, CF3) are turned: the RMSD
         without the tops' end atoms is below rmsd_threshold, whatever the
         energies. A flat methyl rotor otherwise leaves one conformer as
         several records up to ~0.4 kcal/mol apart (alanine dipeptide, ANI-1x).

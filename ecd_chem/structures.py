@@ -276,8 +276,8 @@ class TorsionSpace:
         # atoms on either end, so a turn by 120 degrees gives back the same conformer
         self.symmetric_top = np.zeros(self.count, bool)
         if numbers is not None:
-            ends = symmetric_top_ends(adjacency, numbers)
-            self.symmetric_top[:] = [ends[adjacency[i]].sum() == 3 or ends[adjacency[j]].sum() == 3
+            ends, bonded = symmetric_top_ends(adjacency, numbers), np.asarray(adjacency, bool)
+            self.symmetric_top[:] = [ends[bonded[i]].sum() == 3 or ends[bonded[j]].sum() == 3
                                      for i, j in zip(self.i, self.j)]
 
     def initial(self, cart):
