@@ -87,18 +87,23 @@ def add_calculator_options(p):
     g.add_argument("--charge", type=int, default=0)
     g.add_argument("--spin", type=int, default=0, help="2S for PySCF")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (kicks, bounces, starts)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw energy against force calls (needs matplotlib)")
 
 
 def add_search_options(p):
-    p.add_argument("--walkers", type=positive(int), default=8)
-    p.add_argument("--max-calls", type=positive(int), default=5000)
+    p.add_argument("--walkers", type=positive(int), default=8,
+                   help="ECD walkers stepped together, one batched evaluation per step")
+    p.add_argument("--max-calls", type=positive(int), default=5000,
+                   help="budget of force calls, quenches and refinement included")
     p.add_argument("--ewin", type=positive(float), default=6.0, help="energy window, kcal/mol")
     p.add_argument("--rmsd", type=positive(float), default=0.125, help="duplicate RMSD, A")
     p.add_argument("--temperature", type=float, default=298.15, help="K, Boltzmann weights")
+    p.add_argument("--keep-rotamers", action="store_true",
+                   help="report conformers that differ only in how a CH3/CF3-like top is "
+                        "turned separately (default: merged, the lowest kept)")
 
 
 def build_parser():
@@ -118,8 +123,8 @@ def build_parser():
     p = sub.add_parser("conformers", help="conformer / global-minimum search",
                        epilog=EXAMPLES["conformers"])
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("input", nargs="?")
-    source.add_argument("--smiles")
+    source.add_argument("input", nargs="?", help="structure file (.xyz, .extxyz, .sdf, .mol, .pdb, ...)")
+    source.add_argument("--smiles", help="start from RDKit ETKDG conformers of this molecule")
     p.add_argument("-o", "--output", default="conformers.xyz")
     p.add_argument("--json", help="machine-readable summary")
     add_search_options(p)
@@ -223,15 +228,16 @@ def calculator_settings(args) -> dict:
         if args.calc == "pyscf" else {})}
 
 
-def search_settings(args, kind=None) -> dict:
+def search_settings(args, search) -> dict:
     return {"walkers": args.walkers, "max_force_calls": args.max_calls,
             "energy_window_kcal_mol": args.ewin, "rmsd_threshold_A": args.rmsd,
-            "temperature_K": args.temperature, **({"kind": kind} if kind else {})}
+            "temperature_K": args.temperature, "kind": search.kind,
+            "merge_top_rotamers": search.merge_top_rotamers}
 
 
 def summary(args, atoms, result, search, wall):
     return {"input": args.input or {"smiles": args.smiles},
-            "calculator": calculator_settings(args), "search": search_settings(args, search.kind),
+            "calculator": calculator_settings(args), "search": search_settings(args, search),
             "seed": args.seed, **result.to_dict(), "wall_time_s": wall}
 
 
@@ -250,6 +256,7 @@ def cmd_conformers(args):
     search = ConformerSearch(atoms, calc, walkers=args.walkers, max_force_calls=args.max_calls,
                              seed=args.seed, starts=starts, energy_window=args.ewin,
                              rmsd_threshold=args.rmsd, temperature=args.temperature,
+                             merge_top_rotamers=not args.keep_rotamers,
                              checkpoint=args.checkpoint)
     progress = Progress(args.quiet)
 
@@ -309,6 +316,7 @@ def cmd_screen(args):
                               device=args.device,
                               walkers=args.walkers, max_calls=args.max_calls, ewin=args.ewin,
                               rmsd=args.rmsd, temperature=args.temperature, seed=args.seed,
+                              merge_rotamers=not args.keep_rotamers,
                               output=f"conformers.{args.format}")
     def report(text):
         if not args.quiet:

@@ -62,6 +62,7 @@ class ScreenSettings:
     rmsd: float = 0.125
     temperature: float = 298.15
     seed: int = 0
+    merge_rotamers: bool = True
     output: str = "conformers.xyz"
 
 
@@ -151,7 +152,8 @@ def search_molecule(molecule: Molecule, settings: ScreenSettings, out: str) -> d
         search = ConformerSearch(atoms, calc, walkers=settings.walkers,
                                  max_force_calls=settings.max_calls, seed=settings.seed,
                                  starts=starts, energy_window=settings.ewin,
-                                 rmsd_threshold=settings.rmsd, temperature=settings.temperature)
+                                 rmsd_threshold=settings.rmsd, temperature=settings.temperature,
+                                 merge_top_rotamers=settings.merge_rotamers)
         result = search.run()
     except (ValueError, RuntimeError, ImportError, OSError) as err:   # InputError, SCF, ...
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -160,7 +162,7 @@ def search_molecule(molecule: Molecule, settings: ScreenSettings, out: str) -> d
     wall = time.perf_counter() - t0
     summary = {"name": molecule.name, "input": molecule.source, "settings": asdict(settings),
                "run_id": uuid.uuid4().hex,
-               "kind": search.kind, **result.to_dict(), "wall_time_s": wall}
+               "kind": search.kind, "merge_top_rotamers": search.merge_top_rotamers, **result.to_dict(), "wall_time_s": wall}
     final = os.path.join(out, molecule.name)
     remove_stale_temps(out, molecule.name)      # a killed worker's half-written folder
     tmp = tempfile.mkdtemp(dir=out, prefix=temp_prefix(molecule.name))

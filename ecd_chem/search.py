@@ -287,8 +287,9 @@ class ConformerSearch:
         self.checkpoint_every = int(checkpoint_every)
         self.refine_reserve = refine_reserve
         self.topology = None if cluster else bond_graph(self.atoms)
+        self.merge_top_rotamers = bool(merge_top_rotamers) and not cluster
         self.top_ends = (symmetric_top_ends(self.topology, self.atoms.numbers)
-                         if merge_top_rotamers and not cluster else np.zeros(len(atoms), bool))
+                         if self.merge_top_rotamers else np.zeros(len(atoms), bool))
         # molecules explore in torsion space, where conformers differ and no
         # stiff bond limits the step; clusters (and rigid molecules) in Cartesians
         torsions = None if cluster else TorsionSpace(self.topology, self.atoms.numbers)
@@ -457,18 +458,23 @@ class ConformerSearch:
         self.quench = ecd.put_rows(self.quench, idx, ecd.quench_init(x, f, g, self.qp))
         self.exploring[idx] = False
 
+    def _keeps_topology(self, positions) -> bool:
+        """Whether ``positions`` (n, 3) have the input's bonds (always for clusters)."""
+        if self.topology is None:
+            return True
+        probe = self.atoms.copy()
+        probe.positions = positions
+        return same_topology(bond_graph(probe), self.topology)
+
     def _finish_quench(self, w: int):
         """Walker w's quench ended: check, archive, adapt dE, choose the next home."""
         x = self.quench.x[w].numpy()
         f = float(self.quench.f[w])
         if not math.isfinite(f):
             return
-        if self.topology is not None:
-            probe = self.atoms.copy()
-            probe.positions = x
-            if not same_topology(bond_graph(probe), self.topology):
-                self._adapt_energy(w, 1 / self.energy_growth)
-                return
+        if not self._keeps_topology(x):
+            self._adapt_energy(w, 1 / self.energy_growth)
+            return
         is_new, index = self._archive(x, f, self.quench.g[w].numpy())
         if self.home_policy == "archive" and isinstance(self.space, CartesianSpace):
             self.minima[index].curvature = (self.quench.s[w].clone(), self.quench.y[w].clone())
@@ -683,11 +689,8 @@ class ConformerSearch:
             self._refine(window)
         kept: list[Minimum] = []
         for m in sorted(window, key=lambda m: m.energy):
-            if self.topology is not None:
-                probe = self.atoms.copy()
-                probe.positions = m.positions
-                if not same_topology(bond_graph(probe), self.topology):
-                    continue
+            if not self._keeps_topology(m.positions):
+                continue
             same = next((k for k in kept if self._same(k, m, self.energy_tolerance)), None)
             if same is not None:
                 # loose quenches can leave one conformer as several records until
@@ -695,6 +698,10 @@ class ConformerSearch:
                 same.found_at = min(same.found_at, m.found_at)
             elif not any(self._top_rotamer(k, m) for k in kept):
                 kept.append(m)
+        if not kept:
+            raise RuntimeError(
+                f"no minimum with the input's bonds was found in {self.calls} force calls: "
+                "the calculator breaks or forms bonds of this molecule, or the budget is too small")
         lowest = kept[0].energy
         kept = [m for m in kept if m.energy <= lowest + self.energy_window]
         weights = boltzmann_weights([m.energy for m in kept], self.temperature)

@@ -49,6 +49,7 @@ def test_conformers_from_file_with_json_summary(tmp_path):
     for key in ("input", "calculator", "search", "seed", "force_calls", "wall_time_s",
                 "conformers"):
         assert key in data
+    assert data["search"]["kind"] == "molecule" and data["search"]["merge_top_rotamers"] is True
     energies = [c["energy_eV"] for c in data["conformers"]]
     assert energies == sorted(energies) and len(energies) >= 2
     assert data["force_calls"] <= 1000
@@ -56,6 +57,15 @@ def test_conformers_from_file_with_json_summary(tmp_path):
     frames = read(out, ":")
     assert len(frames) == len(energies)
     assert [c["frame"] for c in data["conformers"]] == list(range(len(frames)))
+
+
+def test_keep_rotamers_reaches_the_search(tmp_path):
+    summary = tmp_path / "summary.json"
+    run = cli("conformers", str(ROOT / "molecules" / "n-butane.xyz"), "-o",
+              str(tmp_path / "conf.xyz"), "--json", str(summary),
+              "--walkers", "2", "--max-calls", "60", "--keep-rotamers", "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(summary.read_text())["search"]["merge_top_rotamers"] is False
 
 
 def test_conformers_from_smiles(tmp_path):
@@ -77,6 +87,8 @@ def test_conformers_from_smiles(tmp_path):
     (["optimize", ETHANOL, "--calc", "pyscf", "--method", "b3lypp"], "unknown PySCF method"),
     (["optimize", ETHANOL, "--device", "cuda"], "CUDA"),
     (["frobnicate"], "invalid choice"),
+    (["conformers", str(ROOT / "molecules" / "n-butane.xyz"), "--calc", "emt", "--walkers", "2",
+      "--max-calls", "60"], "input's bonds"),
 ])
 def test_bad_input_one_line_exit_2(args, message, tmp_path):
     if args[-1] == "cuda":

@@ -1,5 +1,6 @@
 """ecd-chem screen: many molecules on a Dask LocalCluster, failures, resume."""
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -48,8 +49,17 @@ def test_two_workers_four_molecules(tmp_path, client):
         assert len(frames) == int(row["conformers"]) == len(summary["conformers"])
         assert float(row["lowest_energy_eV"]) == pytest.approx(frames[0].info["energy_eV"])
         assert 0 < int(row["force_calls"]) <= 300
+        assert summary["merge_top_rotamers"] is True
     workers = {w for w in client.run(os.getpid).values()}
     assert len(workers) == 2
+
+
+def test_screen_can_keep_methyl_rotamers_apart(tmp_path, client):
+    (tmp_path / "lib.smi").write_text("CCO ethanol\n")
+    settings = dataclasses.replace(FAST, merge_rotamers=False)
+    assert screen(tmp_path / "lib.smi", tmp_path / "out", settings, client=client)[0]["status"] == "done"
+    summary = json.loads((tmp_path / "out" / "ethanol" / "summary.json").read_text())
+    assert summary["merge_top_rotamers"] is False and summary["settings"]["merge_rotamers"] is False
 
 
 def test_bad_molecules_are_recorded_and_the_others_finish(tmp_path, client):

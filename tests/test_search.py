@@ -470,6 +470,14 @@ def test_smiles_starts_are_distinct_conformers_for_every_seed():
         assert len(distinct) == 8
 
 
+def test_no_conformer_with_the_input_bonds_is_a_clear_error():
+    """EMT pulls butane apart: no minimum keeps its bonds, and the search says so."""
+    atoms = read(MOLECULES / "n-butane.xyz")
+    search = ConformerSearch(atoms, EMT(), walkers=2, max_force_calls=60)
+    with pytest.raises(RuntimeError, match="no minimum with the input's bonds"):
+        search.run()
+
+
 @pytest.mark.parametrize("merge, reported", [(True, 1), (False, 2)])
 def test_conformers_that_differ_only_in_a_methyl_turn_are_reported_once(merge, reported):
     """A flat methyl rotor leaves one conformer as records a few tenths of a
