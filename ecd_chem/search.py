@@ -128,8 +128,9 @@ class ConformerSearch:
         others at ``atoms`` rattled by ``start_rattle`` (A).
     kind: 'molecule', 'cluster' or 'auto' (cluster when all atoms are one element).
     excursion_energy: initial dE above home, adapted per walker between /4 and x8.
-        Defaults: 0.3 eV for molecules; 5 for clusters, in the units of LJ with
-        epsilon = 1 (scale it with the binding energy per atom for other potentials).
+        Defaults: 0.4 eV for molecules with rotatable bonds, 0.3 eV for rigid
+        ones; 5 for clusters, in the units of LJ with epsilon = 1 (scale it with
+        the binding energy per atom for other potentials).
     gap: initial height of the walker above its floor (molecules 0.5 eV, clusters 4).
     excursion_steps, dt, gap, bounce_every, method, eta: the ECD excursion
         (steps: clusters 60, molecules 30). Molecules with rotatable bonds move
@@ -143,10 +144,10 @@ class ConformerSearch:
         removed, multiplied ``kick_power`` times by the inverse-Hessian model
         that the L-BFGS quench of the home minimum left behind, so it points
         along the minimum's soft modes. In torsion space, the whole momentum
-        goes on ``kick_torsions`` torsions drawn at random, symmetric tops (CH3)
-        drawn with weight ``top_weight`` against 1, so the energy crosses one or
-        two torsional barriers instead of spreading over all. Bounces stay
-        isotropic.
+        goes on ``kick_torsions`` (default 1) torsions drawn at random,
+        symmetric tops (CH3) drawn with weight ``top_weight`` against 1, so the
+        energy crosses a torsional barrier instead of spreading over all; the
+        bounces then turn the walker onto other torsions. Bounces are isotropic.
     home_policy: where a walker's next excursion starts. 'lower': its home,
         which moves only to a lower minimum; dE is the walker's. 'archive': the
         same, but dE belongs to the home minimum and, once it has grown to
@@ -199,7 +200,7 @@ class ConformerSearch:
                  harvest_after=1 / 3, dt=0.1, gap=None, bounce_every=10,
                  torsion_dt=0.9, torsion_max_step=0.35, home_policy="auto", home_temperature=None,
                  leave_at=4.0, method="bbi",
-                 eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_torsions=2,
+                 eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_torsions=1,
                  top_weight=0.3,
                  quench_fmax=None, screen_fmax=None, revisit_fmax=None, revisit_rmsd=None,
                  quench_steps=500, precon=None,
@@ -297,6 +298,7 @@ class ConformerSearch:
         if isinstance(self.space, TorsionSpace):
             self.hp = dataclasses.replace(self.hp, dt=torsion_dt, max_step=torsion_max_step)
             self.excursion_steps = int(excursion_steps or 15)
+            self.excursion_energy = excursion_energy or 0.4
             weights = np.where(self.space.symmetric_top, float(top_weight), 1.0)
             if not weights.any():       # every torsion a symmetric top: draw among all
                 weights = np.ones_like(weights)

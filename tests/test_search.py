@@ -135,10 +135,12 @@ def test_torsion_space_marks_symmetric_tops():
     assert TorsionSpace(bond_graph(methanol), methanol.numbers).symmetric_top.tolist() == [True]
 
 
-@pytest.mark.parametrize("kick, nonzero", [("soft", 2), ("isotropic", 7)])
-def test_torsion_kicks_go_on_two_torsions(ani, kick, nonzero):
+@pytest.mark.parametrize("kick, kick_torsions, nonzero",
+                         [("soft", None, 1), ("soft", 2, 2), ("isotropic", None, 7)])
+def test_torsion_kicks_go_on_kick_torsions(ani, kick, kick_torsions, nonzero):
     dipeptide = read(MOLECULES / "alanine_dipeptide.xyz")
-    search = ConformerSearch(dipeptide, ani, walkers=64, seed=0, kick=kick)
+    extra = {} if kick_torsions is None else {"kick_torsions": kick_torsions}
+    search = ConformerSearch(dipeptide, ani, walkers=64, seed=0, kick=kick, **extra)
     q = torch.zeros(64, 7, 1, dtype=torch.float64)
     d = search._directions(list(range(64)))(q, torch.Generator().manual_seed(0)).flatten(1)
     assert ((d != 0).sum(1) == nonzero).all()
@@ -300,6 +302,22 @@ def test_default_preconditioner_follows_kind_and_walker_count(kind, walkers, exp
     calc = LennardJonesModel() if kind == "cluster" else EMT()
     search = ConformerSearch(atoms, calc, walkers=walkers, kind=kind)
     assert search.qp.precon is expected
+
+
+@pytest.mark.parametrize("structure, energy, torsions", [
+    ("cluster", 5.0, None), ("H2O", 0.3, None), ("CH3CH2OH", 0.4, 1)])
+def test_default_excursion_follows_the_space(structure, energy, torsions):
+    """Cluster dE0 in LJ units; molecules with rotatable bonds kick one torsion
+    with 0.4 eV, rigid ones explore in Cartesians with 0.3 eV."""
+    atoms = random_cluster(13, seed=0) if structure == "cluster" else molecule(structure)
+    calc = LennardJonesModel() if structure == "cluster" else EMT()
+    search = ConformerSearch(atoms, calc, walkers=2)
+    assert search.excursion_energy == energy
+    assert isinstance(search.space, TorsionSpace) == (torsions is not None)
+    if torsions:
+        q = torch.zeros(32, search.space.count, 1, dtype=torch.float64)
+        d = search._directions(list(range(32)))(q, torch.Generator().manual_seed(0))
+        assert ((d.flatten(1) != 0).sum(1) == torsions).all()
 
 
 def test_molecule_revisits_stop_early_and_lose_no_conformer(ani):
