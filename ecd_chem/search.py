@@ -8,8 +8,8 @@ batched evaluation per step (one ANI forward pass for W walkers):
   it crosses every barrier lower than that; bounces every ``bounce_every`` steps
   make the path chaotic. In Cartesian space (clusters) the first push goes
   along the home minimum's soft modes, which lead over its low saddles; in
-  torsion space (flexible molecules) it goes on two torsions drawn at random,
-  methyl rotors less often, so the energy crosses their barriers. Near
+  torsion space (flexible molecules) it goes on one torsion drawn at random,
+  methyl rotors less often, so the energy crosses its barrier. Near
   low V the walker slows down, so its lowest point after the first third of the
   excursion is a good place to look for a basin.
 * **quench** -- batched L-BFGS from that lowest point down to ``quench_fmax``
