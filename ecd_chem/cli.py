@@ -123,7 +123,8 @@ def build_parser():
     p = sub.add_parser("conformers", help="conformer / global-minimum search",
                        epilog=EXAMPLES["conformers"])
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("input", nargs="?", help="structure file (.xyz, .extxyz, .sdf, .mol, .pdb, ...)")
+    source.add_argument("input", nargs="?",
+                        help="structure file (.xyz, .extxyz, .sdf, .mol, .pdb, ...)")
     source.add_argument("--smiles", help="start from RDKit ETKDG conformers of this molecule")
     p.add_argument("-o", "--output", default="conformers.xyz")
     p.add_argument("--json", help="machine-readable summary")

@@ -162,7 +162,8 @@ def search_molecule(molecule: Molecule, settings: ScreenSettings, out: str) -> d
     wall = time.perf_counter() - t0
     summary = {"name": molecule.name, "input": molecule.source, "settings": asdict(settings),
                "run_id": uuid.uuid4().hex,
-               "kind": search.kind, "merge_top_rotamers": search.merge_top_rotamers, **result.to_dict(), "wall_time_s": wall}
+               "kind": search.kind, "merge_top_rotamers": search.merge_top_rotamers,
+               **result.to_dict(), "wall_time_s": wall}
     final = os.path.join(out, molecule.name)
     remove_stale_temps(out, molecule.name)      # a killed worker's half-written folder
     tmp = tempfile.mkdtemp(dir=out, prefix=temp_prefix(molecule.name))
