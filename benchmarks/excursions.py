@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib
 import json
 import pathlib
 import sys
@@ -51,8 +52,7 @@ class FixedHome(ConformerSearch):
         self.home_index[w] = -1          # dE stays the walker's own, never adapted
 
 
-def parse_set(pairs):
-    return {k: json.loads(v) for k, v in (p.split("=", 1) for p in pairs or [])}
+parse_setting = importlib.import_module("global").parse_setting   # benchmarks/global.py
 
 
 def main(argv=None):
@@ -71,7 +71,7 @@ def main(argv=None):
     best = reference["molecules"][args.molecule]["reference_eV"]
     calc = ANICalculator("ani1x")
     atoms = read(ROOT / "molecules" / f"{args.molecule}.xyz")
-    kwargs = parse_set(args.set)
+    kwargs = dict(parse_setting(item) for item in args.set or [])
 
     start = atoms.copy()
     start.calc = calc
