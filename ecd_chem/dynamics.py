@@ -31,6 +31,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 
 METHODS = ("bbi", "ruthless", "sep")
@@ -363,7 +364,9 @@ class QuenchParams:
     memory: int = 100
     max_step: float = 0.2
     alpha: float = 70.0
-    precon: bool = False      # molecules: Exp preconditioner as the initial inverse Hessian
+    # initial inverse Hessian P^-1: False (identity), True (the Exp preconditioner)
+    # or a callable x -> solve, such as a BondedPreconditioner
+    precon: object = False
 
 
 @dataclass
@@ -410,7 +413,7 @@ def quench_propose(state: QuenchState, qp: QuenchParams = QuenchParams()) -> Que
     W = state.x.shape[0]
     # H0 = gamma P^-1, gamma from the newest pair: soft collective motions
     # (torsions) get long steps, stiff bonds short ones
-    solve = exp_solver(state.x) if qp.precon else None
+    solve = preconditioner_solver(qp.precon, state.x)
     dx = -inverse_hessian_apply(state.s, state.y, state.g.reshape(W, -1), 1.0 / qp.alpha,
                                 solve).reshape(state.x.shape)
     # Not a descent direction (stale curvature): fall back to steepest descent.
@@ -474,20 +477,20 @@ def rigid_free(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return (flat - (Q * coeff[:, None, :]).sum(-1)).reshape(d.shape)
 
 
-def soft_directions(s, y, power: int = 3, fallback: float = 1.0, precon: bool = False):
+def soft_directions(s, y, power: int = 3, fallback: float = 1.0, precon=False):
     """A ``directions(x, rng)`` for :func:`bounce` that favours soft modes.
 
     Gaussian random directions, rigid motions removed, multiplied ``power``
     times by the L-BFGS inverse-Hessian model (s, y) (W, m, 3N) of a nearby
     minimum, so a component along a mode of curvature k grows as k^-power.
     Walkers with no pairs get the isotropic direction (less rigid motions).
-    ``precon``: the model's H0 is gamma P^-1 with the Exp preconditioner P, as
-    in a preconditioned quench. No force calls.
+    ``precon``: the model's H0 is gamma P^-1 with the quench's preconditioner
+    P (see QuenchParams.precon). No force calls.
     """
     def draw(x, rng):
         d = rigid_free(x, isotropic(x, rng))
         W = x.shape[0]
-        solve = exp_solver(x) if precon else None
+        solve = preconditioner_solver(precon, x)
         for _ in range(power):
             d = _unit(d)
             d = rigid_free(x, inverse_hessian_apply(s, y, d.reshape(W, -1), fallback,
@@ -517,6 +520,79 @@ def sparse_directions(weights: torch.Tensor, count: int = 2):
         mask = torch.zeros(W, w.shape[1], dtype=x.dtype).scatter_(1, pick, 1.0)
         return isotropic(x, rng) * mask.to(x.device).reshape(x.shape)
     return draw
+
+
+def preconditioner_solver(precon, x: torch.Tensor):
+    """u (W, k, 3N) -> P^-1 u for QuenchParams.precon at the geometries x
+    (W, N, 3); None for no preconditioner."""
+    if callable(precon):
+        return precon(x)
+    return exp_solver(x) if precon else None
+
+
+class BondedPreconditioner:
+    """A molecular model Hessian as preconditioner: P = B^T K B + mu I.
+
+    B (M, 3N) is the Wilson B matrix of the primitive internal coordinates of
+    the bond graph (every bond, bond angle and dihedral about a bond); K holds
+    Lindh's force constants (Chem. Phys. Lett. 241, 423 (1995)) without
+    their distance factors: 0.45 Ha/bohr^2 for stretches, 0.15 Ha/rad^2 for
+    bends, 0.005 Ha/rad^2 for torsions, in eV and A. ``mu`` (eV/A^2) stands in
+    for the couplings the graph leaves out (non-bonded contacts, rigid
+    motions). Unlike Exp, which is isotropic per atom, it knows a bond is
+    stiff along itself and soft across, so L-BFGS turns groups about bonds in
+    long steps. Only the ratios matter: L-BFGS rescales H0 from its newest
+    curvature pair.
+    """
+
+    STRETCH, BEND, TORSION = 0.45 * 27.211386 / 0.529177 ** 2, 0.15 * 27.211386, 0.005 * 27.211386
+
+    def __init__(self, adjacency, mu: float = 0.3):
+        adjacency = np.asarray(adjacency, bool)
+        n = len(adjacency)
+        bonds = [(i, j) for i in range(n) for j in range(i + 1, n) if adjacency[i, j]]
+        angles = [(i, j, k) for j in range(n) for i in range(n) for k in range(i + 1, n)
+                  if i != j and k != j and adjacency[i, j] and adjacency[j, k]]
+        dihedrals = [(int(i), j, k, int(l)) for j, k in bonds
+                     for i in np.flatnonzero(adjacency[j]) for l in np.flatnonzero(adjacency[k])
+                     if i != k and l != j and i != l]
+        self.bonds = torch.tensor(bonds, dtype=torch.long).reshape(-1, 2)
+        self.angles = torch.tensor(angles, dtype=torch.long).reshape(-1, 3)
+        self.dihedrals = torch.tensor(dihedrals, dtype=torch.long).reshape(-1, 4)
+        self.force_constants = torch.cat([torch.full((len(bonds),), self.STRETCH),
+                                          torch.full((len(angles),), self.BEND),
+                                          torch.full((len(dihedrals),), self.TORSION)]).double()
+        self.mu = float(mu)
+        self._wilson = torch.func.vmap(torch.func.jacrev(self.internals))
+
+    def internals(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3) -> (M,): bond lengths (A), then angles and dihedrals (rad)."""
+        def norm(v):          # smooth at 0: a linear angle gives a zero row, not NaN
+            return torch.sqrt((v * v).sum(-1) + 1e-20)
+        b, a, d = (t.to(x.device) for t in (self.bonds, self.angles, self.dihedrals))
+        lengths = norm(x[b[:, 1]] - x[b[:, 0]])
+        u, v = x[a[:, 0]] - x[a[:, 1]], x[a[:, 2]] - x[a[:, 1]]
+        angles = torch.atan2(norm(torch.cross(u, v, dim=-1)), (u * v).sum(-1))
+        b1, b2, b3 = x[d[:, 1]] - x[d[:, 0]], x[d[:, 2]] - x[d[:, 1]], x[d[:, 3]] - x[d[:, 2]]
+        n1, n2 = torch.cross(b1, b2, dim=-1), torch.cross(b2, b3, dim=-1)
+        m1 = torch.cross(n1, b2 / norm(b2)[:, None], dim=-1)
+        dihedrals = torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1) + 1e-20)
+        return torch.cat([lengths, angles, dihedrals])
+
+    def matrix(self, x: torch.Tensor) -> torch.Tensor:
+        """P (W, 3N, 3N) at the geometries x (W, N, 3), eV/A^2."""
+        W, N = x.shape[:2]
+        B = torch.nan_to_num(self._wilson(x)).reshape(W, -1, 3 * N)
+        k = self.force_constants.to(x)
+        eye = torch.eye(3 * N, dtype=x.dtype, device=x.device)
+        return B.transpose(1, 2) @ (k[None, :, None] * B) + self.mu * eye
+
+    def __call__(self, x: torch.Tensor):
+        P = self.matrix(x)
+
+        def solve(v):        # (W, k, 3N)
+            return torch.linalg.solve(P, v.transpose(1, 2)).transpose(1, 2)
+        return solve
 
 
 def exp_solver(x: torch.Tensor):

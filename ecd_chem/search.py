@@ -13,7 +13,8 @@ batched evaluation per step (one ANI forward pass for W walkers):
   low V the walker slows down, so its lowest point after the first third of the
   excursion is a good place to look for a basin.
 * **quench** -- batched L-BFGS from that lowest point down to ``quench_fmax``
-  (molecules: Exp-preconditioned, so torsions relax in fewer steps); a quench
+  (molecules: preconditioned by a bonded model Hessian, so groups turn about
+  their bonds in long steps); a quench
   that cannot become the new lowest minimum may stop at ``screen_fmax``.
 
 Every quenched minimum is checked (molecules: same bond topology as the input,
@@ -175,12 +176,18 @@ class ConformerSearch:
         default 0.4 x rmsd_threshold. On molecules at 0.3 eV/A a match that
         tight almost never fires (the geometry can still lie tenths of an A
         from the minimum along a soft torsion); 0.25 A does.
-    precon: quench with the Exp preconditioner as the L-BFGS model's initial
-        inverse Hessian, and take soft-mode kicks from that same model.
-        Default: on for molecules and for a lone walker on a cluster; off for
-        several walkers on a cluster (on, a lone walker needed 17%, 39% and 11%
-        fewer calls to the LJ13, LJ19 and LJ26 global minima; 4 walkers needed
-        53% more on LJ26; see benchmarks/EXPERIMENTS.md).
+    precon: the quench's preconditioner, the L-BFGS model's initial inverse
+        Hessian, from which soft-mode kicks are also taken: 'bonded' (a
+        model Hessian of the input's bonds, angles and dihedrals, see
+        ``dynamics.BondedPreconditioner``), 'exp' (the Exp preconditioner of
+        Packwood et al., from interatomic distances alone), True (the kind's
+        own: 'bonded' for molecules, 'exp' for clusters) or False (none).
+        Default: 'bonded' for molecules (2-2.5x fewer calls per quench than
+        'exp' from a turned torsion, ~25% fewer calls to the lowest
+        conformer); 'exp' for a lone walker on a cluster; off for several
+        walkers on a cluster (on, a lone walker needed 17%, 39% and 11% fewer
+        calls to the LJ13, LJ19 and LJ26 global minima; 4 walkers needed 53%
+        more on LJ26); see benchmarks/EXPERIMENTS.md.
     energy_window (kcal/mol): conformers kept above the lowest.
     energy_tolerance (kcal/mol), rmsd_threshold (A): duplicates are closer in both.
     merge_top_rotamers: report once, the lowest, conformers that differ only
@@ -265,7 +272,15 @@ class ConformerSearch:
                                 max_step=max_step)
         if precon is None:               # measured: see the docstring
             precon = not cluster or int(walkers) == 1
-        self.qp = ecd.QuenchParams(memory=30, max_step=max_step, precon=bool(precon))
+        if precon is True:
+            precon = "exp" if cluster else "bonded"
+        if precon not in (False, "exp", "bonded"):
+            raise ValueError(f"precon must be None, True, False, 'exp' or 'bonded', got {precon!r}")
+        if precon == "bonded" and cluster:
+            raise ValueError("precon='bonded' needs a molecule's bonds; clusters take 'exp'")
+        self.topology = None if cluster else bond_graph(self.atoms)
+        self.qp = ecd.QuenchParams(memory=30, max_step=max_step, precon=(
+            ecd.BondedPreconditioner(self.topology) if precon == "bonded" else precon == "exp"))
         self.quench_fmax = quench_fmax or (0.01 if cluster else 0.05)
         if screen_fmax is None:
             screen_fmax = 0.03 if cluster else self.quench_fmax
@@ -287,7 +302,6 @@ class ConformerSearch:
         self.checkpoint = checkpoint
         self.checkpoint_every = int(checkpoint_every)
         self.refine_reserve = refine_reserve
-        self.topology = None if cluster else bond_graph(self.atoms)
         self.merge_top_rotamers = bool(merge_top_rotamers) and not cluster
         self.top_ends = (symmetric_top_ends(self.topology, self.atoms.numbers)
                          if self.merge_top_rotamers else np.zeros(len(atoms), bool))

@@ -10,6 +10,7 @@ from ase.io import read
 from scipy.spatial.transform import Rotation
 
 from ecd_chem import ConformerSearch
+from ecd_chem import dynamics as ecd
 from ecd_chem.search import Minimum
 from ecd_chem.potentials import LennardJonesModel, random_cluster
 from ecd_chem.structures import (TorsionSpace, bond_graph, cluster_fingerprint,
@@ -295,13 +296,25 @@ def test_preconditioned_cluster_quenches_cost_fewer_calls_per_landing():
     assert calls_per_landing(True) < 0.85 * calls_per_landing(False)
 
 
-@pytest.mark.parametrize("kind, walkers, expected", [
-    ("cluster", 1, True), ("cluster", 4, False), ("molecule", 1, True), ("molecule", 4, True)])
-def test_default_preconditioner_follows_kind_and_walker_count(kind, walkers, expected):
+@pytest.mark.parametrize("kind, walkers, precon, expected", [
+    ("cluster", 1, None, True), ("cluster", 4, None, False), ("cluster", 4, True, True),
+    ("molecule", 1, None, "bonded"), ("molecule", 4, None, "bonded"), ("molecule", 4, True, "bonded"),
+    ("molecule", 1, "exp", True), ("molecule", 1, False, False)])
+def test_default_preconditioner_follows_kind_and_walker_count(kind, walkers, precon, expected):
     atoms = random_cluster(13, seed=0) if kind == "cluster" else molecule("CH3CH2OH")
     calc = LennardJonesModel() if kind == "cluster" else EMT()
-    search = ConformerSearch(atoms, calc, walkers=walkers, kind=kind)
-    assert search.qp.precon is expected
+    search = ConformerSearch(atoms, calc, walkers=walkers, kind=kind, precon=precon)
+    if expected == "bonded":
+        assert isinstance(search.qp.precon, ecd.BondedPreconditioner)
+    else:
+        assert search.qp.precon is expected
+
+
+@pytest.mark.parametrize("kind, precon", [("cluster", "bonded"), ("molecule", "lindh")])
+def test_unusable_preconditioner_is_rejected(kind, precon):
+    atoms = random_cluster(13, seed=0) if kind == "cluster" else molecule("CH3CH2OH")
+    with pytest.raises(ValueError, match="precon"):
+        ConformerSearch(atoms, LennardJonesModel() if kind == "cluster" else EMT(), precon=precon)
 
 
 @pytest.mark.parametrize("structure, energy, torsions", [
