@@ -522,6 +522,20 @@ def sparse_directions(weights: torch.Tensor, count: int = 2):
     return draw
 
 
+def quench_preconditioner(choice, adjacency=None):
+    """QuenchParams.precon for a choice: False (none), 'exp', or 'bonded' (a
+    BondedPreconditioner of ``adjacency``, the (N, N) bond graph)."""
+    if choice is False or choice is None:
+        return False
+    if choice == "exp":
+        return True
+    if choice == "bonded":
+        if adjacency is None:
+            raise ValueError("precon='bonded' needs a molecule's bonds; atomic clusters take 'exp'")
+        return BondedPreconditioner(adjacency)
+    raise ValueError(f"precon must be None, True, False, 'exp' or 'bonded', got {choice!r}")
+
+
 def preconditioner_solver(precon, x: torch.Tensor):
     """u (W, k, 3N) -> P^-1 u for QuenchParams.precon at the geometries x
     (W, N, 3); None for no preconditioner."""

@@ -274,13 +274,9 @@ class ConformerSearch:
             precon = not cluster or int(walkers) == 1
         if precon is True:
             precon = "exp" if cluster else "bonded"
-        if precon not in (False, "exp", "bonded"):
-            raise ValueError(f"precon must be None, True, False, 'exp' or 'bonded', got {precon!r}")
-        if precon == "bonded" and cluster:
-            raise ValueError("precon='bonded' needs a molecule's bonds; clusters take 'exp'")
         self.topology = None if cluster else bond_graph(self.atoms)
-        self.qp = ecd.QuenchParams(memory=30, max_step=max_step, precon=(
-            ecd.BondedPreconditioner(self.topology) if precon == "bonded" else precon == "exp"))
+        self.qp = ecd.QuenchParams(memory=30, max_step=max_step,
+                                   precon=ecd.quench_preconditioner(precon, self.topology))
         self.quench_fmax = quench_fmax or (0.01 if cluster else 0.05)
         if screen_fmax is None:
             screen_fmax = 0.03 if cluster else self.quench_fmax
