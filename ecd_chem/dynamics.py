@@ -577,7 +577,6 @@ class BondedPreconditioner:
                                           torch.full((len(angles),), self.BEND),
                                           torch.full((len(dihedrals),), self.TORSION)]).double()
         self.mu = float(mu)
-        self._wilson = torch.func.vmap(torch.func.jacrev(self.internals))
 
     def internals(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3) -> (M,): bond lengths (A), then angles and dihedrals (rad)."""
@@ -593,10 +592,49 @@ class BondedPreconditioner:
         dihedrals = torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1) + 1e-20)
         return torch.cat([lengths, angles, dihedrals])
 
+    def wilson(self, x: torch.Tensor) -> torch.Tensor:
+        """B (W, M, N, 3): d internals / d x at the geometries x (W, N, 3), in
+        closed form (Wilson; dihedrals as Blondel and Karplus, J. Comput. Chem.
+        17, 1132 (1996)). Rows of angles within ~0.1 degree of linear, and of
+        dihedrals over such an angle, are zero."""
+        W, N = x.shape[:2]
+        b, a, d = (t.to(x.device) for t in (self.bonds, self.angles, self.dihedrals))
+        B = x.new_zeros(W, len(self.force_constants), N, 3)
+        # stretches
+        rows = torch.arange(len(b), device=x.device)
+        u = x[:, b[:, 1]] - x[:, b[:, 0]]
+        u = u / u.norm(dim=-1, keepdim=True)
+        B[:, rows, b[:, 0]], B[:, rows, b[:, 1]] = -u, u
+        # bends about the middle atom j of (i, j, k)
+        rows = len(b) + torch.arange(len(a), device=x.device)
+        e1, e2 = x[:, a[:, 0]] - x[:, a[:, 1]], x[:, a[:, 2]] - x[:, a[:, 1]]
+        l1, l2 = e1.norm(dim=-1, keepdim=True), e2.norm(dim=-1, keepdim=True)
+        e1, e2 = e1 / l1, e2 / l2
+        cos = (e1 * e2).sum(-1, keepdim=True)
+        sin = torch.sqrt((1 - cos * cos).clamp_min(0))
+        live = (sin > 2e-3).to(x.dtype) / sin.clamp_min(2e-3)
+        di, dk = (cos * e1 - e2) / l1 * live, (cos * e2 - e1) / l2 * live
+        B[:, rows, a[:, 0]], B[:, rows, a[:, 2]], B[:, rows, a[:, 1]] = di, dk, -(di + dk)
+        # torsions of (i, j, k, l): F = ri - rj, G = rj - rk, H = rl - rk
+        rows = len(b) + len(a) + torch.arange(len(d), device=x.device)
+        F, G, H = x[:, d[:, 0]] - x[:, d[:, 1]], x[:, d[:, 1]] - x[:, d[:, 2]], x[:, d[:, 3]] - x[:, d[:, 2]]
+        A, C = torch.cross(F, G, dim=-1), torch.cross(H, G, dim=-1)
+        g = G.norm(dim=-1, keepdim=True)
+        a2, c2 = (A * A).sum(-1, keepdim=True), (C * C).sum(-1, keepdim=True)
+        live = ((a2 > (2e-3 * g) ** 2 * (F * F).sum(-1, keepdim=True))
+                & (c2 > (2e-3 * g) ** 2 * (H * H).sum(-1, keepdim=True))).to(x.dtype)
+        A, C = A / a2.clamp_min(1e-30) * live, C / c2.clamp_min(1e-30) * live
+        fg, hg = (F * G).sum(-1, keepdim=True) / g, (H * G).sum(-1, keepdim=True) / g
+        B[:, rows, d[:, 0]] = -g * A
+        B[:, rows, d[:, 3]] = g * C
+        B[:, rows, d[:, 1]] = g * A + fg * A - hg * C
+        B[:, rows, d[:, 2]] = hg * C - fg * A - g * C
+        return B
+
     def matrix(self, x: torch.Tensor) -> torch.Tensor:
         """P (W, 3N, 3N) at the geometries x (W, N, 3), eV/A^2."""
         W, N = x.shape[:2]
-        B = torch.nan_to_num(self._wilson(x)).reshape(W, -1, 3 * N)
+        B = self.wilson(x).reshape(W, -1, 3 * N)
         k = self.force_constants.to(x)
         eye = torch.eye(3 * N, dtype=x.dtype, device=x.device)
         return B.transpose(1, 2) @ (k[None, :, None] * B) + self.mu * eye

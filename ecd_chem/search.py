@@ -182,8 +182,8 @@ class ConformerSearch:
         ``dynamics.BondedPreconditioner``), 'exp' (the Exp preconditioner of
         Packwood et al., from interatomic distances alone), True (the kind's
         own: 'bonded' for molecules, 'exp' for clusters) or False (none).
-        Default: 'bonded' for molecules (2-2.5x fewer calls per quench than
-        'exp' from a turned torsion, ~25% fewer calls to the lowest
+        Default: 'bonded' for molecules (1.6-2.6x fewer calls per quench
+        than 'exp' from turned torsions, 13-36% fewer calls to the lowest
         conformer); 'exp' for a lone walker on a cluster; off for several
         walkers on a cluster (on, a lone walker needed 17%, 39% and 11% fewer
         calls to the LJ13, LJ19 and LJ26 global minima; 4 walkers needed 53%

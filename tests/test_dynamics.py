@@ -288,6 +288,27 @@ def test_bonded_preconditioner_is_spd_stiff_along_bonds_and_soft_for_torsions():
     assert curvature[0] > 100 * curvature[1]
 
 
+@pytest.mark.parametrize("name", ["CH3CH2OH", "C6H6", "CH3CONH2"])
+def test_bonded_preconditioner_wilson_matrix_is_the_derivative_of_the_internals(name):
+    """The closed-form B rows equal autograd's d internals / dx (dihedral rows
+    up to their sign, which P = B^T K B does not see)."""
+    from ase.build import molecule
+    from ecd_chem.structures import bond_graph
+    atoms = molecule(name)
+    atoms.rattle(0.05, seed=1)
+    precon = ecd.BondedPreconditioner(bond_graph(atoms))
+    x = torch.tensor(atoms.positions)[None] + 0.03 * torch.randn(
+        2, len(atoms), 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    closed = precon.wilson(x)
+    exact = torch.func.vmap(torch.func.jacrev(precon.internals))(x)
+    same = (closed - exact).abs().amax(dim=(0, 2, 3))
+    flipped = (closed + exact).abs().amax(dim=(0, 2, 3))
+    dihedral = torch.arange(len(same)) >= len(precon.bonds) + len(precon.angles)
+    assert (same[~dihedral] < 1e-8).all()
+    assert (torch.minimum(same, flipped)[dihedral] < 1e-8).all()
+    assert len(precon.dihedrals) > 0
+
+
 def test_bonded_preconditioner_stays_finite_at_linear_angles():
     from ase.build import molecule
     from ecd_chem.structures import bond_graph
