@@ -579,8 +579,9 @@ class BondedPreconditioner:
         self.mu = float(mu)
 
     def internals(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3) -> (M,): bond lengths (A), then angles and dihedrals (rad)."""
-        def norm(v):          # smooth at 0: a linear angle gives a zero row, not NaN
+        """(N, 3) -> (M,): bond lengths (A), then angles and dihedrals (rad), in
+        the order of ``force_constants``; :meth:`wilson` is their derivative."""
+        def norm(v):          # smooth at 0, so autograd gives no NaN at a linear angle
             return torch.sqrt((v * v).sum(-1) + 1e-20)
         b, a, d = (t.to(x.device) for t in (self.bonds, self.angles, self.dihedrals))
         lengths = norm(x[b[:, 1]] - x[b[:, 0]])

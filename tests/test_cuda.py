@@ -87,3 +87,15 @@ def test_conformer_search_on_cuda_finds_butane_anti_lowest():
     assert abs(dihedrals[0] - 180) < 20
     assert any(min(abs(d - 60), abs(d - 300)) < 25 for d in dihedrals)
     assert result.force_calls <= 1000
+
+
+def test_bonded_preconditioner_on_cuda_equals_cpu():
+    from ecd_chem import dynamics as ecd
+    from ecd_chem.structures import bond_graph
+    atoms = molecule("CH3CH2OH")
+    precon = ecd.BondedPreconditioner(bond_graph(atoms))
+    x = torch.tensor(atoms.positions)[None].repeat(3, 1, 1)
+    x = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    v = torch.randn(3, 2, x[0].numel(), generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    on_gpu = precon(x.cuda())(v.cuda()).cpu()
+    assert torch.allclose(on_gpu, precon(x)(v), atol=1e-9)
