@@ -129,7 +129,7 @@ class ConformerSearch:
         others at ``atoms`` rattled by ``start_rattle`` (A).
     kind: 'molecule', 'cluster' or 'auto' (cluster when all atoms are one element).
     excursion_energy: initial dE above home, adapted per walker between /4 and x8.
-        Defaults: 0.4 eV for molecules with rotatable bonds, 0.3 eV for rigid
+        Defaults: 0.5 eV for molecules with rotatable bonds, 0.3 eV for rigid
         ones; 5 for clusters, in the units of LJ with epsilon = 1 (scale it with
         the binding energy per atom for other potentials).
     gap: initial height of the walker above its floor (molecules 0.5 eV, clusters 4).
@@ -308,7 +308,7 @@ class ConformerSearch:
         if isinstance(self.space, TorsionSpace):
             self.hp = dataclasses.replace(self.hp, dt=torsion_dt, max_step=torsion_max_step)
             self.excursion_steps = int(excursion_steps or 15)
-            self.excursion_energy = excursion_energy or 0.4
+            self.excursion_energy = excursion_energy or 0.5
             weights = np.where(self.space.symmetric_top, float(top_weight), 1.0)
             if not weights.any():       # every torsion a symmetric top: draw among all
                 weights = np.ones_like(weights)

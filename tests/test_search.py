@@ -318,10 +318,10 @@ def test_unusable_preconditioner_is_rejected(kind, precon):
 
 
 @pytest.mark.parametrize("structure, energy, torsions", [
-    ("cluster", 5.0, None), ("H2O", 0.3, None), ("CH3CH2OH", 0.4, 1)])
+    ("cluster", 5.0, None), ("H2O", 0.3, None), ("CH3CH2OH", 0.5, 1)])
 def test_default_excursion_follows_the_space(structure, energy, torsions):
     """Cluster dE0 in LJ units; molecules with rotatable bonds kick one torsion
-    with 0.4 eV, rigid ones explore in Cartesians with 0.3 eV."""
+    with 0.5 eV, rigid ones explore in Cartesians with 0.3 eV."""
     atoms = random_cluster(13, seed=0) if structure == "cluster" else molecule(structure)
     calc = LennardJonesModel() if structure == "cluster" else EMT()
     search = ConformerSearch(atoms, calc, walkers=2)
