@@ -137,7 +137,7 @@ def run_ecd(n, seed, target, budget, walkers, settings=None):
     return hits[0] if hits else None, result
 
 
-def lj_benchmark(sizes, seeds, walker_counts, peers, seeds_large, settings=None):
+def lj_benchmark(sizes, seeds, walker_counts, peers, seeds_large, settings=None, first_seed=0):
     targets = lj_targets()
     table = {}
     for n in sizes:
@@ -159,7 +159,7 @@ def lj_benchmark(sizes, seeds, walker_counts, peers, seeds_large, settings=None)
         runs = seeds if n < 26 else seeds_large
         for label, method in methods.items():
             t0 = time.time()
-            hits = [method(s) for s in range(runs)]
+            hits = [method(s) for s in range(first_seed, first_seed + runs)]
             ok = [h for h in hits if h is not None]
             # standard error of the mean: these means are heavy-tailed, so read
             # differences within about two of these as noise
@@ -268,6 +268,8 @@ def main():
                         help="cluster sizes; give none to skip")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--seeds-large", type=int, default=2, help="runs for LJ26 and LJ38")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="cluster seeds run are first, first + 1, ... (split a long run)")
     parser.add_argument("--walkers", type=int, nargs="+", default=[4],
                         help="ConformerSearch walker counts for the clusters")
     parser.add_argument("--peers", nargs="*", default=["scipy", "ase"])
@@ -289,7 +291,7 @@ def main():
                  if args.reference else None)
     t0 = time.time()
     report = {"lj": lj_benchmark(args.lj, args.seeds, args.walkers, args.peers,
-                                 args.seeds_large, settings)}
+                                 args.seeds_large, settings, args.first_seed)}
     report["molecules"] = molecule_benchmark(args.molecules, args.etkdg, args.molecule_budget,
                                              args.molecule_walkers, args.molecule_seeds, reference,
                                              settings, args.molecule_first_seed)

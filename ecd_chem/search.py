@@ -9,10 +9,13 @@ batched evaluation per step (one ANI forward pass for W walkers):
   make the path chaotic. In Cartesian space (clusters) the first push goes
   along the home minimum's soft modes, which lead over its low saddles; in
   torsion space (flexible molecules) it goes on one torsion drawn at random,
-  methyl rotors less often, so the energy crosses its barrier. Near
-  low V the walker slows down, so its lowest point after the first third of the
-  excursion is a good place to look for a basin.
-* **quench** -- batched L-BFGS from that lowest point down to ``quench_fmax``
+  methyl rotors less often, so the energy crosses its barrier. A molecule's
+  excursion runs all its steps and is harvested at its lowest point after
+  the first third (near low V the walker slows down, so that is a good place
+  to look for a basin); a cluster's ends at the third dip of the energy along
+  its path, where the walker has crossed into a basin (the rule of minima
+  hopping), and is harvested there.
+* **quench** -- batched L-BFGS from that point down to ``quench_fmax``
   (molecules: preconditioned by a bonded model Hessian, so groups turn about
   their bonds in long steps); a quench
   that cannot become the new lowest minimum may stop at ``screen_fmax``.
@@ -137,7 +140,15 @@ class ConformerSearch:
         (steps: clusters 60, molecules 30). Molecules with rotatable bonds move
         in torsion space instead, with ``torsion_dt``, at most
         ``torsion_max_step`` radians per torsion per step, and 15 steps.
-    harvest_after: fraction of the excursion after which its lowest point is sought.
+    excursion_minima: k; an excursion ends at the k-th dip of the energy along
+        its path (a point lower than the steps before and after it: the walker
+        has crossed into a basin), which its quench starts from; Goedecker's
+        minima-hopping rule (mdmin). 0: off, the excursion runs all its steps.
+        Clusters 3 (LJ13 / LJ19 at one walker: 29% and 36% fewer calls to the
+        global minimum; see benchmarks/EXPERIMENTS.md); molecules 0 (not
+        measured on them).
+    harvest_after: fraction of a full-length excursion after which its lowest
+        point is sought.
     kick: how an excursion's first momentum direction is drawn: 'isotropic'
         (Gaussian over all coordinates), or 'soft', which puts the energy where
         it leads over low saddles, at no extra force calls. In Cartesian space
@@ -184,10 +195,10 @@ class ConformerSearch:
         own: 'bonded' for molecules, 'exp' for clusters) or False (none).
         Default: 'bonded' for molecules (1.6-2.6x fewer calls per quench
         than 'exp' from turned torsions, 13-36% fewer calls to the lowest
-        conformer); 'exp' for a lone walker on a cluster; off for several
-        walkers on a cluster (on, a lone walker needed 17%, 39% and 11% fewer
-        calls to the LJ13, LJ19 and LJ26 global minima; 4 walkers needed 53%
-        more on LJ26); see benchmarks/EXPERIMENTS.md.
+        conformer); 'exp' for clusters (with excursions ending at their third
+        dip, 4 walkers needed 33%, 53% and 19% fewer calls to the LJ13, LJ19
+        and LJ26 global minima than with neither; with full-length excursions
+        it had made 4 walkers 53% dearer on LJ26); see benchmarks/EXPERIMENTS.md.
     energy_window (kcal/mol): conformers kept above the lowest.
     energy_tolerance (kcal/mol), rmsd_threshold (A): duplicates are closer in both.
     merge_top_rotamers: report once, the lowest, conformers that differ only
@@ -203,7 +214,8 @@ class ConformerSearch:
 
     def __init__(self, atoms: Atoms, calculator=None, walkers: int = 8,
                  max_force_calls: int = 5000, seed: int = 0, *, starts=None, kind="auto",
-                 excursion_energy=None, excursion_steps=None, energy_growth=1.5,
+                 excursion_energy=None, excursion_steps=None, excursion_minima=None,
+                 energy_growth=1.5,
                  harvest_after=1 / 3, dt=0.1, gap=None, bounce_every=10,
                  torsion_dt=0.9, torsion_max_step=0.35, home_policy="auto", home_temperature=None,
                  leave_at=4.0, method="bbi",
@@ -248,6 +260,10 @@ class ConformerSearch:
         self.start_rattle = start_rattle
         self.excursion_energy = excursion_energy or (5.0 if cluster else 0.3)
         self.excursion_steps = int(excursion_steps or (60 if cluster else 30))
+        self.excursion_minima = int((3 if cluster else 0) if excursion_minima is None
+                                    else excursion_minima)
+        if self.excursion_minima < 0:
+            raise ValueError(f"excursion_minima must be >= 0 (0: off), got {excursion_minima}")
         self.energy_growth = energy_growth
         self.harvest_after = float(harvest_after)
         if home_policy == "auto":
@@ -271,7 +287,7 @@ class ConformerSearch:
                                 bounce_every=bounce_every, fixed_bounces=10 ** 9,
                                 max_step=max_step)
         if precon is None:               # measured: see the docstring
-            precon = not cluster or int(walkers) == 1
+            precon = True
         if precon is True:
             precon = "exp" if cluster else "bonded"
         self.topology = None if cluster else bond_graph(self.atoms)
@@ -423,6 +439,15 @@ class ConformerSearch:
         self.home_s, self.home_y = self.quench.s.clone(), self.quench.y.clone()
         self.home_index = [-1] * self.W       # each home's place in self.minima (-1: not archived)
         self.iteration = 0
+        self._fresh_path()
+
+    def _fresh_path(self):
+        """The excursion path's last two energies, last point and dips so far,
+        as if every walker had just left home."""
+        self.prev_f = self.home_f.clone()
+        self.prev2_f = torch.full_like(self.prev_f, -math.inf)   # home is never a dip
+        self.prev_cart, self.prev_cart_g = self.home_x.clone(), self.home_g.clone()
+        self.dips = torch.zeros(self.W, dtype=torch.long)
 
     @staticmethod
     def _safe(fg):
@@ -453,6 +478,10 @@ class ConformerSearch:
                             ("best_cart", self.home_x), ("best_cart_g", self.home_g)):
             getattr(self, name)[idx] = value[idx]
         self.exploring[idx] = True
+        self.prev2_f[idx] = -math.inf
+        self.prev_f[idx] = self.home_f[idx]
+        self.prev_cart[idx], self.prev_cart_g[idx] = self.home_x[idx], self.home_g[idx]
+        self.dips[idx] = 0
 
     def _directions(self, rows):
         """How walkers ``rows`` draw new momentum directions (see ``kick``)."""
@@ -622,8 +651,21 @@ class ConformerSearch:
             self.walkers = ecd.where(restart, b.replace(best_x=b.x, best_f=b.f, best_g=b.g), b)
             self.best_cart = torch.where(restart[:, None, None], self.cart, self.best_cart)
             self.best_cart_g = torch.where(restart[:, None, None], self.cart_g, self.best_cart_g)
+            # the previous point was a dip, a local minimum of the energy along the path
+            dip = self.exploring & ~failed & (self.prev_f < self.prev2_f) & (self.prev_f < f)
+            self.dips += dip.long()
+            stopped = dip & (self.dips == self.excursion_minima) & (self.excursion_minima > 0)
+            at_dip = stopped[:, None, None]
+            harvest_x = torch.where(at_dip, self.prev_cart, self.best_cart)
+            harvest_g = torch.where(at_dip, self.prev_cart_g, self.best_cart_g)
+            harvest_f = torch.where(stopped, self.prev_f, self.walkers.best_f)
+            along = self.exploring[:, None, None]
+            self.prev2_f = torch.where(self.exploring, self.prev_f, self.prev2_f)
+            self.prev_f = torch.where(self.exploring, f, self.prev_f)
+            self.prev_cart = torch.where(along, x, self.prev_cart)
+            self.prev_cart_g = torch.where(along, g, self.prev_cart_g)
             ended = torch.nonzero(self.exploring & ~failed
-                                  & (steps >= self.excursion_steps)).flatten().tolist()
+                                  & ((steps >= self.excursion_steps) | stopped)).flatten().tolist()
             # tight only where the quench may end at or below the lowest minimum
             near_lowest = self.quench.f < self.lowest + self.archive_gate
             fmax = torch.where(near_lowest, torch.tensor(self.quench_fmax, dtype=torch.float64),
@@ -646,8 +688,7 @@ class ConformerSearch:
                     self._finish_quench(w)
             if ended:
                 idx = torch.tensor(ended)
-                self._start_quenches(ended, self.best_cart[idx], self.walkers.best_f[idx],
-                                     self.best_cart_g[idx])
+                self._start_quenches(ended, harvest_x[idx], harvest_f[idx], harvest_g[idx])
             self._start_excursions(settled + failed_rows)
             if self.checkpoint and self.iteration % self.checkpoint_every == 0:
                 self._save(self.checkpoint)
@@ -750,7 +791,8 @@ class ConformerSearch:
             "energy": self.energy.tolist(),
             "home_s": self.home_s.tolist(), "home_y": self.home_y.tolist(),
             **{name: getattr(self, name).tolist()
-               for name in ("cart", "cart_g", "best_cart", "best_cart_g")},
+               for name in ("cart", "cart_g", "best_cart", "best_cart_g",
+                            "prev_f", "prev2_f", "prev_cart", "prev_cart_g", "dips")},
         }
 
         def write_to(tmp):
@@ -790,3 +832,8 @@ class ConformerSearch:
         self.home_y = torch.tensor(data["home_y"], dtype=torch.float64) if "home_y" in data else zeros.clone()
         for name in ("cart", "cart_g", "best_cart", "best_cart_g"):
             setattr(self, name, torch.tensor(data[name], dtype=torch.float64))
+        self._fresh_path()                 # checkpoints before session 16 lack the path
+        if "dips" in data:
+            for name in ("prev_f", "prev2_f", "prev_cart", "prev_cart_g"):
+                setattr(self, name, torch.tensor(data[name], dtype=torch.float64))
+            self.dips = torch.tensor(data["dips"], dtype=torch.long)
