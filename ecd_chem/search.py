@@ -442,11 +442,9 @@ class ConformerSearch:
         self._fresh_path()
 
     def _fresh_path(self):
-        """The excursion path's last two energies, last point and dips so far,
-        as if every walker had just left home."""
-        self.prev_f = self.home_f.clone()
-        self.prev2_f = torch.full_like(self.prev_f, -math.inf)   # home is never a dip
-        self.prev_cart, self.prev_cart_g = self.home_x.clone(), self.home_g.clone()
+        """The energy two points back on each excursion path, and its dips so
+        far, as if every walker had just left home (home is never a dip)."""
+        self.before_last_f = torch.full((self.W,), -math.inf, dtype=torch.float64)
         self.dips = torch.zeros(self.W, dtype=torch.long)
 
     @staticmethod
@@ -478,9 +476,7 @@ class ConformerSearch:
                             ("best_cart", self.home_x), ("best_cart_g", self.home_g)):
             getattr(self, name)[idx] = value[idx]
         self.exploring[idx] = True
-        self.prev2_f[idx] = -math.inf
-        self.prev_f[idx] = self.home_f[idx]
-        self.prev_cart[idx], self.prev_cart_g[idx] = self.home_x[idx], self.home_g[idx]
+        self.before_last_f[idx] = -math.inf
         self.dips[idx] = 0
 
     def _directions(self, rows):
@@ -632,6 +628,8 @@ class ConformerSearch:
             improved = self.exploring & (f < self.walkers.best_f)
             self.best_cart = torch.where(improved[:, None, None], x, self.best_cart)
             self.best_cart_g = torch.where(improved[:, None, None], g, self.best_cart_g)
+            # the excursion's previous point, a dip if lower than the points on either side
+            last_f, last_cart, last_cart_g = self.walkers.f, self.cart, self.cart_g
             self.cart = torch.where(self.exploring[:, None, None], x, self.cart)
             self.cart_g = torch.where(self.exploring[:, None, None], g, self.cart_g)
             self.walkers = ecd.where(self.exploring, walked, self.walkers)
@@ -651,19 +649,14 @@ class ConformerSearch:
             self.walkers = ecd.where(restart, b.replace(best_x=b.x, best_f=b.f, best_g=b.g), b)
             self.best_cart = torch.where(restart[:, None, None], self.cart, self.best_cart)
             self.best_cart_g = torch.where(restart[:, None, None], self.cart_g, self.best_cart_g)
-            # the previous point was a dip, a local minimum of the energy along the path
-            dip = self.exploring & ~failed & (self.prev_f < self.prev2_f) & (self.prev_f < f)
+            dip = self.exploring & ~failed & (last_f < self.before_last_f) & (last_f < f)
             self.dips += dip.long()
             stopped = dip & (self.dips == self.excursion_minima) & (self.excursion_minima > 0)
             at_dip = stopped[:, None, None]
-            harvest_x = torch.where(at_dip, self.prev_cart, self.best_cart)
-            harvest_g = torch.where(at_dip, self.prev_cart_g, self.best_cart_g)
-            harvest_f = torch.where(stopped, self.prev_f, self.walkers.best_f)
-            along = self.exploring[:, None, None]
-            self.prev2_f = torch.where(self.exploring, self.prev_f, self.prev2_f)
-            self.prev_f = torch.where(self.exploring, f, self.prev_f)
-            self.prev_cart = torch.where(along, x, self.prev_cart)
-            self.prev_cart_g = torch.where(along, g, self.prev_cart_g)
+            harvest_x = torch.where(at_dip, last_cart, self.best_cart)
+            harvest_g = torch.where(at_dip, last_cart_g, self.best_cart_g)
+            harvest_f = torch.where(stopped, last_f, self.walkers.best_f)
+            self.before_last_f = torch.where(self.exploring, last_f, self.before_last_f)
             ended = torch.nonzero(self.exploring & ~failed
                                   & ((steps >= self.excursion_steps) | stopped)).flatten().tolist()
             # tight only where the quench may end at or below the lowest minimum
@@ -792,7 +785,7 @@ class ConformerSearch:
             "home_s": self.home_s.tolist(), "home_y": self.home_y.tolist(),
             **{name: getattr(self, name).tolist()
                for name in ("cart", "cart_g", "best_cart", "best_cart_g",
-                            "prev_f", "prev2_f", "prev_cart", "prev_cart_g", "dips")},
+                            "before_last_f", "dips")},
         }
 
         def write_to(tmp):
@@ -834,6 +827,5 @@ class ConformerSearch:
             setattr(self, name, torch.tensor(data[name], dtype=torch.float64))
         self._fresh_path()                 # checkpoints before session 16 lack the path
         if "dips" in data:
-            for name in ("prev_f", "prev2_f", "prev_cart", "prev_cart_g"):
-                setattr(self, name, torch.tensor(data[name], dtype=torch.float64))
+            self.before_last_f = torch.tensor(data["before_last_f"], dtype=torch.float64)
             self.dips = torch.tensor(data["dips"], dtype=torch.long)
