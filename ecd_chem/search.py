@@ -24,7 +24,8 @@ Every quenched minimum is checked (molecules: same bond topology as the input,
 else it is discarded) and deduplicated (molecules: RMSD after alignment with
 permutations of topologically equivalent atoms, plus an energy gate; clusters:
 energy and sorted pair distances). Walker policy: the walker moves home to the
-new minimum when it is lower; dE grows by ``energy_growth`` whenever an
+new minimum when it is lower (a single walker on a cluster: also when it is
+less than an adaptive ediff higher, as in minima hopping); dE grows by ``energy_growth`` whenever an
 excursion lands in an already known minimum (more energy is needed to get out)
 and shrinks when it finds a new one or breaks a bond. With
 ``home_policy='archive'`` (the default for a single walker on a molecule) dE
@@ -166,9 +167,18 @@ class ConformerSearch:
         ``leave_at`` x the initial dE (excursions keep landing in known
         minima), the walker moves to a known minimum drawn with weight
         exp(-(E - E_lowest)/home_temperature) x (dE0/dE)^2; walkers sharing a
-        home each adapt its dE by the k-th root of the factor. 'auto'
-        (default): 'archive' for one walker on a molecule, else 'lower' (where
-        measured, 'archive' was slower for clusters and for 4 or 8 walkers).
+        home each adapt its dE by the k-th root of the factor. 'hopping': minima
+        hopping's acceptance (Goedecker 2004): the walker moves home to any
+        minimum it lands in that lies less than its ediff above home, ediff
+        starting at ``accept_above`` and divided by ``accept_rate`` on a move,
+        multiplied on a refusal. 'auto' (default): 'hopping' for one walker on
+        a cluster, 'archive' for one walker on a molecule, else 'lower' (where
+        measured, 'archive' was slower for clusters and for 4 or 8 walkers;
+        'hopping' solved LJ26 with one walker where 'lower' stalled in 4 seeds
+        of 10, but was slower with 4 walkers, which already escape by
+        diversity).
+    accept_above: 'hopping''s starting ediff (eV; clusters 2.0 in LJ units,
+        molecules 0.05). accept_rate: its factor (>= 1, default 1.1).
     home_temperature: that draw's temperature (eV; molecules 0.02, about 0.5
         kcal/mol; clusters 0.8 in LJ units).
     quench_fmax, refine_fmax (eV/A): quench and final refinement thresholds.
@@ -218,7 +228,7 @@ class ConformerSearch:
                  energy_growth=1.5,
                  harvest_after=1 / 3, dt=0.1, gap=None, bounce_every=10,
                  torsion_dt=0.9, torsion_max_step=0.35, home_policy="auto", home_temperature=None,
-                 leave_at=4.0, method="bbi",
+                 leave_at=4.0, accept_above=None, accept_rate=1.1, method="bbi",
                  eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_torsions=1,
                  top_weight=0.3,
                  quench_fmax=None, screen_fmax=None, revisit_fmax=None, revisit_rmsd=None,
@@ -267,13 +277,19 @@ class ConformerSearch:
         self.energy_growth = energy_growth
         self.harvest_after = float(harvest_after)
         if home_policy == "auto":
-            home_policy = "archive" if not cluster and int(walkers) == 1 else "lower"
-        if home_policy not in ("lower", "archive"):
-            raise ValueError(f"home_policy must be 'auto', 'lower' or 'archive', got {home_policy!r}")
+            home_policy = "lower" if int(walkers) > 1 else "hopping" if cluster else "archive"
+        if home_policy not in ("lower", "archive", "hopping"):
+            raise ValueError(f"home_policy must be 'auto', 'lower', 'archive' or 'hopping', "
+                             f"got {home_policy!r}")
         self.home_policy = home_policy
         self.home_temperature = float((0.8 if cluster else 0.02) if home_temperature is None
                                       else home_temperature)
         self.leave_at = float(leave_at)
+        self.accept_above = float((2.0 if cluster else 0.05) if accept_above is None else accept_above)
+        self.accept_rate = float(accept_rate)
+        if not (self.accept_above > 0 and self.accept_rate >= 1):
+            raise ValueError(f"accept_above must be > 0 and accept_rate >= 1, got "
+                             f"{accept_above} and {accept_rate}")
         if not (self.home_temperature > 0 and self.leave_at >= 1):
             raise ValueError(f"home_temperature must be > 0 and leave_at >= 1, got "
                              f"{home_temperature} and {leave_at}")
@@ -435,6 +451,7 @@ class ConformerSearch:
         self.exploring = torch.zeros(self.W, dtype=torch.bool)
         self.home_x, self.home_f, self.home_g = x.clone(), f.clone(), g.clone()
         self.energy = torch.full((self.W,), float(self.excursion_energy), dtype=torch.float64)
+        self.ediff = torch.full((self.W,), self.accept_above, dtype=torch.float64)
         # the L-BFGS curvature pairs the quench of each home left (zero: none)
         self.home_s, self.home_y = self.quench.s.clone(), self.quench.y.clone()
         self.home_index = [-1] * self.W       # each home's place in self.minima (-1: not archived)
@@ -513,21 +530,38 @@ class ConformerSearch:
             self._adapt_energy(w, 1 / self.energy_growth)
             return
         is_new, index = self._archive(x, f, self.quench.g[w].numpy())
-        if self.home_policy == "archive" and isinstance(self.space, CartesianSpace):
+        if self.home_policy != "lower" and isinstance(self.space, CartesianSpace):
             self.minima[index].curvature = (self.quench.s[w].clone(), self.quench.y[w].clone())
         self._adapt_energy(w, 1 / self.energy_growth ** 0.5 if is_new else self.energy_growth)
         home = float(self.home_f[w])
-        if f < home - 1e-9 or not math.isfinite(home):
+        if self.home_policy == "hopping":
+            self._hop(w, index)
+        elif f < home - 1e-9 or not math.isfinite(home):
             self.home_x[w], self.home_f[w], self.home_g[w] = self.quench.x[w], f, self.quench.g[w]
             self.home_s[w], self.home_y[w] = self.quench.s[w], self.quench.y[w]
             self.home_index[w] = index
         else:
             self._leave_exhausted_home(w)
 
+    def _hop(self, w: int, index: int):
+        """Minima hopping's acceptance: walker w moves home to minimum ``index``
+        when it lies less than its ediff above home; ediff shrinks on a move and
+        grows on a refusal, by ``accept_rate``."""
+        if index == self.home_index[w]:
+            return
+        energy, home = self.minima[index].energy, float(self.home_f[w])
+        if energy < home + float(self.ediff[w]) or not math.isfinite(home):
+            self._move_home(w, index)
+            self.ediff[w] /= self.accept_rate
+        else:
+            self.ediff[w] *= self.accept_rate
+
     def _finish_revisit(self, w: int, index: int):
         """Walker w's quench was seen to be heading into known minimum ``index``."""
         self.minima[index].visits += 1
         self._adapt_energy(w, self.energy_growth)
+        if self.home_policy == "hopping":
+            self._hop(w, index)
         self._leave_exhausted_home(w)
 
     def _leave_exhausted_home(self, w: int):
@@ -781,7 +815,7 @@ class ConformerSearch:
             "ecd": self.walkers.to_dict(), "quench": self.quench.to_dict(),
             "exploring": self.exploring.tolist(), "home_x": self.home_x.tolist(),
             "home_f": self.home_f.tolist(), "home_g": self.home_g.tolist(),
-            "energy": self.energy.tolist(),
+            "energy": self.energy.tolist(), "ediff": self.ediff.tolist(),
             "home_s": self.home_s.tolist(), "home_y": self.home_y.tolist(),
             **{name: getattr(self, name).tolist()
                for name in ("cart", "cart_g", "best_cart", "best_cart_g",
@@ -820,6 +854,8 @@ class ConformerSearch:
         self.home_f = torch.tensor(data["home_f"], dtype=torch.float64)
         self.home_g = torch.tensor(data["home_g"], dtype=torch.float64)
         self.energy = torch.tensor(data["energy"], dtype=torch.float64)
+        # checkpoints before session 18 lack ediff
+        self.ediff = torch.tensor(data.get("ediff", [self.accept_above] * self.W), dtype=torch.float64)
         zeros = torch.zeros_like(self.quench.s)
         self.home_s = torch.tensor(data["home_s"], dtype=torch.float64) if "home_s" in data else zeros
         self.home_y = torch.tensor(data["home_y"], dtype=torch.float64) if "home_y" in data else zeros.clone()

@@ -191,7 +191,45 @@ def test_auto_home_policy_archives_for_a_lone_walker_on_a_molecule(ani):
     atoms = read(MOLECULES / "methoxyethanol.xyz")
     assert ConformerSearch(atoms, ani, walkers=1).home_policy == "archive"
     assert ConformerSearch(atoms, ani, walkers=4).home_policy == "lower"
-    assert ConformerSearch(random_cluster(13, seed=0), walkers=1).home_policy == "lower"
+    assert ConformerSearch(random_cluster(13, seed=0), walkers=1).home_policy == "hopping"
+    assert ConformerSearch(random_cluster(13, seed=0), walkers=4).home_policy == "lower"
+
+
+def test_hopping_accepts_a_minimum_less_than_ediff_above_home():
+    """Minima hopping's rule: a landing less than ediff above home becomes the
+    home and ediff shrinks by accept_rate; one higher up is refused and ediff grows."""
+    atoms = random_cluster(7, seed=0)
+    search = ConformerSearch(atoms, walkers=1, seed=0, home_policy="hopping",
+                             accept_above=1.0, accept_rate=2.0)
+    search._fresh()
+    zeros = np.zeros((len(atoms), 3))
+    search.minima = [Minimum(zeros, -10.0, 0, gradient=zeros), Minimum(zeros + 1, -9.5, 0, gradient=zeros),
+                     Minimum(zeros + 2, -8.0, 0, gradient=zeros)]
+    search._move_home(0, 0)
+    search._hop(0, 2)                       # 2.0 above, ediff 1.0: refused
+    assert search.home_index == [0] and float(search.ediff[0]) == pytest.approx(2.0)
+    search._hop(0, 1)                       # 0.5 above, ediff 2.0: accepted
+    assert search.home_index == [1] and float(search.home_f[0]) == pytest.approx(-9.5)
+    assert float(search.ediff[0]) == pytest.approx(1.0)
+    search._hop(0, 1)                       # its own home: nothing changes
+    assert float(search.ediff[0]) == pytest.approx(1.0)
+
+
+def test_hopping_walker_climbs_only_within_ediff_and_resumes_it(tmp_path):
+    atoms = random_cluster(13, seed=1)
+    kwargs = dict(walkers=1, max_force_calls=1500, seed=1, home_policy="hopping",
+                  checkpoint=str(tmp_path / "search.json"))
+    search = ConformerSearch(atoms, LennardJonesModel(), **kwargs)
+    seen = []
+    search.attach(lambda s: seen.append((float(s.home_f[0]), float(s.ediff[0]))))
+    search.run()
+    rises = [(before, after) for before, after in zip(seen, seen[1:]) if after[0] > before[0] + 1e-9]
+    assert rises, "the walker never moved uphill"
+    for (home, ediff), (new_home, _) in rises:
+        assert new_home - home < ediff
+    again = ConformerSearch(atoms, LennardJonesModel(), **kwargs)
+    again.run()                                                   # resumes at the spent budget
+    assert torch.equal(again.ediff, search.ediff) and again.home_index == search.home_index
 
 
 def test_archive_draws_low_and_little_explored_minima_first(ani):
@@ -515,6 +553,8 @@ def test_failing_walker_is_restarted_and_the_search_goes_on():
     (dict(home_temperature=-0.1), "home_temperature"),
     (dict(home_temperature=0), "home_temperature"),
     (dict(leave_at=0.5), "leave_at"),
+    (dict(accept_above=0), "accept_above"),
+    (dict(accept_rate=0.9), "accept_rate"),
     (dict(excursion_minima=-1), "excursion_minima"),
 ])
 def test_bad_search_settings(kwargs, match):
