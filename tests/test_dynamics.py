@@ -451,6 +451,25 @@ def test_sparse_directions_put_the_momentum_on_count_coordinates_drawn_by_weight
             ecd.sparse_directions(torch.tensor(bad))
 
 
+def test_avoiding_removes_the_span_of_each_walker_s_vectors_and_nothing_else():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.zeros(3, 4, 3, dtype=torch.float64)
+    a, b = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64)
+    # walker 0 avoids a and b (b given twice: a repeat adds nothing), walker 1
+    # nothing, walker 2 a only
+    draw = ecd.avoiding(ecd.isotropic, [[a, b, 2 * b], [], [a]])
+    d = draw(x, torch.Generator().manual_seed(1))
+    plain = ecd.isotropic(x, torch.Generator().manual_seed(1))
+    assert torch.equal(d[1], plain[1])
+    for v in (a, b):
+        assert float((d[0] * v).sum()) == pytest.approx(0, abs=1e-12)
+    assert float((d[2] * a).sum()) == pytest.approx(0, abs=1e-12)
+    assert float((d[2] * b).sum()) != pytest.approx(0, abs=1e-6)
+    # what is left of walker 2 is its draw less its component along a
+    unit = a / a.norm()
+    assert torch.allclose(d[2], plain[2] - (plain[2] * unit).sum() * unit)
+
+
 def test_soft_kicks_point_along_low_curvature_at_a_quenched_lj_minimum():
     """What the search's kick='soft' relies on: the pairs a quench leaves behind
     find the soft modes of the minimum it reached, with no extra force calls."""

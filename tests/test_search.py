@@ -232,6 +232,49 @@ def test_hopping_walker_climbs_only_within_ediff_and_resumes_it(tmp_path):
     assert torch.equal(again.ediff, search.ediff) and again.home_index == search.home_index
 
 
+def test_kicks_avoid_the_way_to_known_minima_from_the_same_home(tmp_path):
+    """A quench that reaches a known minimum other than home leaves the unit
+    direction home -> there (rigid motions removed); the last kick_memory of
+    them are kept per walker, the next kicks from that home are orthogonal to
+    them, and they are dropped when the home moves and resumed from a checkpoint."""
+    atoms = random_cluster(13, seed=0)
+    kwargs = dict(walkers=2, max_force_calls=2500, seed=0, kick_memory=2, home_policy="hopping",
+                  checkpoint=str(tmp_path / "search.json"))
+    search = ConformerSearch(atoms, LennardJonesModel(), **kwargs)
+    seen, kicks = [], []
+
+    def watch(s):
+        seen.append(([list(e) for e in s.known_exits], list(s.home_index)))
+        for w, exits in enumerate(s.known_exits):
+            home = s.home_x[w:w + 1]
+            for d in exits:
+                assert float(d.norm()) == pytest.approx(1.0)
+                assert torch.allclose(ecd.rigid_free(home, d[None])[0], d, atol=1e-10)
+            if exits:
+                kick = s._directions([w])(home, torch.Generator().manual_seed(0))[0]
+                kicks.append(max(abs(float((kick * d).sum())) / float(kick.norm()) for d in exits))
+    search.attach(watch)
+    search.run()
+    assert max(len(e) for exits, _ in seen for e in exits) == 2
+    assert kicks and max(kicks) < 1e-10
+    cleared = 0
+    for (exits, homes), (later, later_homes) in zip(seen, seen[1:]):
+        for w in range(2):
+            if later_homes[w] != homes[w]:
+                assert later[w] == []
+                cleared += bool(exits[w])
+    assert cleared, "no home with remembered exits ever moved"
+    assert any(search.known_exits)
+    again = ConformerSearch(atoms, LennardJonesModel(), **kwargs)
+    again.run()                                                   # resumes at the spent budget
+    for mine, theirs in zip(search.known_exits, again.known_exits):
+        assert len(mine) == len(theirs) and all(torch.equal(a, b) for a, b in zip(mine, theirs))
+    off = ConformerSearch(atoms, LennardJonesModel(), walkers=2, max_force_calls=1000, seed=0,
+                          kick_memory=0)
+    off.run()
+    assert off.known_exits == [[], []]
+
+
 def test_archive_draws_low_and_little_explored_minima_first(ani):
     atoms = read(MOLECULES / "methoxyethanol.xyz")
     search = ConformerSearch(atoms, ani, walkers=1, seed=0, home_policy="archive",
@@ -556,6 +599,7 @@ def test_failing_walker_is_restarted_and_the_search_goes_on():
     (dict(accept_above=0), "accept_above"),
     (dict(accept_rate=0.9), "accept_rate"),
     (dict(excursion_minima=-1), "excursion_minima"),
+    (dict(kick_memory=-1), "kick_memory"),
 ])
 def test_bad_search_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
