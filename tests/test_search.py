@@ -275,6 +275,16 @@ def test_kicks_avoid_the_way_to_known_minima_from_the_same_home(tmp_path):
     assert off.known_exits == [[], []]
 
 
+@pytest.mark.parametrize("walkers, policy, expected", [
+    (4, "auto", 4), (1, "auto", 0), (4, "hopping", 0), (1, "lower", 4)])
+def test_kick_memory_defaults_to_four_for_clusters_under_lower(walkers, policy, expected):
+    search = ConformerSearch(random_cluster(7, seed=0), walkers=walkers, home_policy=policy)
+    assert search.kick_memory == expected
+    molecule_search = ConformerSearch(molecule("CH3CH2OH"), EMT(), walkers=walkers,
+                                      home_policy=policy)
+    assert molecule_search.kick_memory == 0
+
+
 def test_archive_draws_low_and_little_explored_minima_first(ani):
     atoms = read(MOLECULES / "methoxyethanol.xyz")
     search = ConformerSearch(atoms, ani, walkers=1, seed=0, home_policy="archive",
