@@ -275,6 +275,37 @@ def test_kicks_avoid_the_way_to_known_minima_from_the_same_home(tmp_path):
     assert off.known_exits == [[], []]
 
 
+def test_a_walker_out_of_patience_takes_a_higher_new_minimum_as_home(tmp_path):
+    """Under 'lower' a home only moves down, unless the walker has gone
+    home_patience excursions without a move: then the next new minimum it lands
+    in becomes home, higher or not, with dE back at dE0. The count is resumed
+    from a checkpoint; with patience 0 a home never rises."""
+    atoms = random_cluster(13, seed=2)
+
+    def homes(patience, **extra):
+        search = ConformerSearch(atoms, LennardJonesModel(), walkers=2, max_force_calls=3000,
+                                 seed=2, home_policy="lower", home_patience=patience, **extra)
+        seen = []
+        search.attach(lambda s: seen.append((s.home_f.tolist(), list(s.stale), s.energy.tolist())))
+        search.run()
+        return search, seen
+
+    _, never = homes(0)
+    assert all(b[0][w] <= a[0][w] + 1e-9 for a, b in zip(never, never[1:]) for w in range(2))
+    search, seen = homes(3, checkpoint=str(tmp_path / "search.json"))
+    rises = [(a, b, w) for a, b in zip(seen, seen[1:]) for w in range(2) if b[0][w] > a[0][w] + 1e-9]
+    assert rises, "no walker ever ran out of patience"
+    for before, after, w in rises:
+        assert before[1][w] >= 3 and after[1][w] == 0
+        assert after[2][w] == pytest.approx(search.excursion_energy)
+    assert max(stale for _, counts, _ in seen for stale in counts) <= 3 + 40   # a landing soon is new
+    again = ConformerSearch(atoms, LennardJonesModel(), walkers=2, max_force_calls=3000, seed=2,
+                            home_policy="lower", home_patience=3,
+                            checkpoint=str(tmp_path / "search.json"))
+    again.run()                                                   # resumes at the spent budget
+    assert again.stale == search.stale
+
+
 @pytest.mark.parametrize("walkers, policy, expected", [
     (4, "auto", 4), (1, "auto", 0), (4, "hopping", 0), (1, "lower", 4)])
 def test_kick_memory_defaults_to_four_for_clusters_under_lower(walkers, policy, expected):
@@ -283,6 +314,16 @@ def test_kick_memory_defaults_to_four_for_clusters_under_lower(walkers, policy, 
     molecule_search = ConformerSearch(molecule("CH3CH2OH"), EMT(), walkers=walkers,
                                       home_policy=policy)
     assert molecule_search.kick_memory == 0
+
+
+@pytest.mark.parametrize("walkers, policy, expected", [
+    (4, "auto", 40), (1, "auto", 0), (4, "hopping", 0), (1, "lower", 40)])
+def test_home_patience_defaults_to_forty_for_clusters_under_lower(walkers, policy, expected):
+    search = ConformerSearch(random_cluster(7, seed=0), walkers=walkers, home_policy=policy)
+    assert search.home_patience == expected
+    molecule_search = ConformerSearch(molecule("CH3CH2OH"), EMT(), walkers=walkers,
+                                      home_policy=policy)
+    assert molecule_search.home_patience == 0
 
 
 def test_archive_draws_low_and_little_explored_minima_first(ani):
@@ -610,6 +651,7 @@ def test_failing_walker_is_restarted_and_the_search_goes_on():
     (dict(accept_rate=0.9), "accept_rate"),
     (dict(excursion_minima=-1), "excursion_minima"),
     (dict(kick_memory=-1), "kick_memory"),
+    (dict(home_patience=-1), "home_patience"),
 ])
 def test_bad_search_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
