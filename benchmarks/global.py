@@ -270,8 +270,8 @@ def main():
     parser.add_argument("--seeds-large", type=int, default=2, help="runs for LJ26 and LJ38")
     parser.add_argument("--first-seed", type=int, default=0,
                         help="cluster seeds run are first, first + 1, ... (split a long run)")
-    parser.add_argument("--walkers", type=int, nargs="+", default=[4],
-                        help="ConformerSearch walker counts for the clusters")
+    parser.add_argument("--walkers", type=int, nargs="*", default=[4],
+                        help="ConformerSearch walker counts for the clusters; give none to run only the peers")
     parser.add_argument("--peers", nargs="*", default=["scipy", "ase"])
     parser.add_argument("--molecules", nargs="*", default=MOLECULES)
     parser.add_argument("--etkdg", type=int, default=1000)
