@@ -306,24 +306,15 @@ def test_a_walker_out_of_patience_takes_a_higher_new_minimum_as_home(tmp_path):
     assert again.stale == search.stale
 
 
-@pytest.mark.parametrize("walkers, policy, expected", [
-    (4, "auto", 4), (1, "auto", 0), (4, "hopping", 0), (1, "lower", 4)])
-def test_kick_memory_defaults_to_four_for_clusters_under_lower(walkers, policy, expected):
+@pytest.mark.parametrize("walkers, policy, under_lower", [
+    (4, "auto", True), (1, "auto", False), (4, "hopping", False), (1, "lower", True)])
+def test_kick_memory_and_patience_default_on_for_clusters_under_lower(walkers, policy, under_lower):
+    """kick_memory 4 and home_patience 40 for clusters under 'lower', else 0."""
     search = ConformerSearch(random_cluster(7, seed=0), walkers=walkers, home_policy=policy)
-    assert search.kick_memory == expected
+    assert (search.kick_memory, search.home_patience) == ((4, 40) if under_lower else (0, 0))
     molecule_search = ConformerSearch(molecule("CH3CH2OH"), EMT(), walkers=walkers,
                                       home_policy=policy)
-    assert molecule_search.kick_memory == 0
-
-
-@pytest.mark.parametrize("walkers, policy, expected", [
-    (4, "auto", 40), (1, "auto", 0), (4, "hopping", 0), (1, "lower", 40)])
-def test_home_patience_defaults_to_forty_for_clusters_under_lower(walkers, policy, expected):
-    search = ConformerSearch(random_cluster(7, seed=0), walkers=walkers, home_policy=policy)
-    assert search.home_patience == expected
-    molecule_search = ConformerSearch(molecule("CH3CH2OH"), EMT(), walkers=walkers,
-                                      home_policy=policy)
-    assert molecule_search.home_patience == 0
+    assert (molecule_search.kick_memory, molecule_search.home_patience) == (0, 0)
 
 
 def test_archive_draws_low_and_little_explored_minima_first(ani):
