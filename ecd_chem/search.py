@@ -684,6 +684,7 @@ class ConformerSearch:
             self.home_s[w], self.home_y[w] = 0.0, 0.0
         self.home_index[w] = index
         self.known_exits[w] = []
+        self.stale[w] = 0
 
     # -- main loop ------------------------------------------------------------------------------------
     def _done(self) -> bool:
