@@ -306,6 +306,25 @@ def test_a_walker_out_of_patience_takes_a_higher_new_minimum_as_home(tmp_path):
     assert again.stale == search.stale
 
 
+def test_a_walker_that_moves_into_another_walkers_home_has_no_patience_left():
+    """Two walkers at one funnel bottom repeat each other's excursions: the one
+    that arrives second is out of patience at once, and its next new landing
+    becomes its home, higher or not."""
+    search = ConformerSearch(random_cluster(13, seed=1), LennardJonesModel(), walkers=3,
+                             max_force_calls=3000, seed=1, home_policy="lower", home_patience=40)
+    seen = []
+    search.attach(lambda s: seen.append((list(s.home_index), list(s.stale), s.home_f.tolist())))
+    search.run()
+    arrivals = [(i, w) for i, (a, b) in enumerate(zip(seen, seen[1:])) for w in range(3)
+                if b[0][w] != a[0][w] and any(a[0][v] == b[0][w] for v in range(3) if v != w)]
+    assert arrivals, "no walker ever moved into another walker's home"
+    for i, w in arrivals:
+        assert seen[i + 1][1][w] == 40
+    first, w = arrivals[0]
+    later = [b[2][w] > a[2][w] + 1e-9 for a, b in zip(seen[first + 1:], seen[first + 2:])]
+    assert any(later), "the walker that arrived second never left the shared home"
+
+
 @pytest.mark.parametrize("walkers, policy, under_lower", [
     (4, "auto", True), (1, "auto", False), (4, "hopping", False), (1, "lower", True)])
 def test_kick_memory_and_patience_default_on_for_clusters_under_lower(walkers, policy, under_lower):
@@ -388,11 +407,14 @@ def test_quenches_screen_loosely_and_the_lowest_minimum_is_quenched_tight():
 def test_a_quench_heading_into_a_known_minimum_stops_early_as_a_revisit():
     def run(revisit_fmax):
         """Quench calls per landing over three LJ19 searches (per seed 0.78-0.92
-        of the full quench's when measured, pooled 0.85)."""
+        of the full quench's when measured, pooled 0.87). Homes only move down
+        (no patience), so that the landings are the revisit-rich ones at a
+        funnel bottom that this shortcut is for."""
         calls = landings = 0
         for seed in (0, 1, 2):
             search = ConformerSearch(random_cluster(19, seed=seed), walkers=4,
-                                     max_force_calls=5000, seed=seed, revisit_fmax=revisit_fmax)
+                                     max_force_calls=5000, seed=seed, revisit_fmax=revisit_fmax,
+                                     home_patience=0)
             calls += search.run().quench_calls
             landings += sum(m.visits for m in search.minima)
             # revisits end before converging; every minimum kept was quenched to screen_fmax
