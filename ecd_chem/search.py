@@ -31,7 +31,9 @@ less than an adaptive ediff higher, as in minima hopping); dE grows by ``energy_
 excursion lands in an already known minimum (more energy is needed to get out)
 and shrinks when it finds a new one or breaks a bond; a walker whose home
 has not moved for ``home_patience`` excursions (at a funnel's bottom) takes
-its next new landing as home, however high, and descends afresh. With
+its next new landing as home, however high, and descends afresh; one whose
+last ``restart_after`` excursions all came back home starts over from a fresh
+start. With
 ``home_policy='archive'`` (the default for a single walker on a molecule) dE
 belongs to the home minimum, and the walker leaves a home whose dE has grown to
 ``leave_at`` x dE0 for a known minimum drawn by energy and by how little its
@@ -98,6 +100,7 @@ class SearchResult:
     history: list = field(default_factory=list)   # (force_calls, lowest energy) per new best
     trace: list = field(default_factory=list)     # (force_calls, [energy of each walker]) per step
     kind: str = "molecule"
+    restarts: int = 0                             # walkers that started over (restart_after)
 
     @property
     def best(self) -> Atoms:
@@ -112,7 +115,8 @@ class SearchResult:
             "force_calls": self.force_calls,
             "force_calls_split": {"ecd": self.ecd_calls, "quench": self.quench_calls,
                                   "refine": self.refine_calls},
-            "minima_found": self.minima_found, "wall_time_s": self.wall_time_s,
+            "minima_found": self.minima_found, "restarts": self.restarts,
+            "wall_time_s": self.wall_time_s,
             "conformers": [{"rank": c.info["rank"], "energy_eV": c.info["energy"],
                             "relative_kcal_mol": c.info["relative_kcal_mol"],
                             "boltzmann_weight": c.info["boltzmann_weight"], "frame": i}
@@ -204,6 +208,16 @@ class ConformerSearch:
         10 with it, 12 when a shared home also spends it (1.64e5 calls per
         success, failed runs' calls included, against 1.95e5); LJ13, LJ19 and
         LJ26 within the noise (LJ26 40 of 40 runs throughout).
+    restart_after: a walker whose last ``restart_after`` excursions all ended
+        at its home (the excursions from some homes never leave the home
+        basin, whatever the kick or dE, and patience waits for a new landing
+        that never comes) starts over: a fresh start drawn as the first ones
+        were (``starts`` or the input rattled), quenched, then a new descent
+        from dE0. The archive keeps everything found. 0: never. Default 20
+        for clusters under 'lower', else 0 (not measured). Measured (LJ38, 4
+        walkers, 18 runs of 2e5 calls): the global minimum in 16 runs against
+        12 without (8.7e4 calls per success, failed runs' calls included,
+        against 1.64e5); 40 gave 12 runs.
     accept_above: 'hopping''s starting ediff (eV; clusters 2.0 in LJ units,
         molecules 0.05). accept_rate: its factor (>= 1, default 1.1).
     home_temperature: that draw's temperature (eV; molecules 0.02, about 0.5
@@ -257,7 +271,7 @@ class ConformerSearch:
                  torsion_dt=0.9, torsion_max_step=0.35, home_policy="auto", home_temperature=None,
                  leave_at=4.0, home_patience=None, accept_above=None, accept_rate=1.1, method="bbi",
                  eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_memory=None,
-                 kick_torsions=1,
+                 kick_torsions=1, restart_after=None,
                  top_weight=0.3,
                  quench_fmax=None, screen_fmax=None, revisit_fmax=None, revisit_rmsd=None,
                  quench_steps=500, precon=None,
@@ -328,6 +342,10 @@ class ConformerSearch:
         if kick not in ("isotropic", "soft"):
             raise ValueError(f"kick must be 'isotropic' or 'soft', got {kick!r}")
         self.kick, self.kick_power = kick, int(kick_power)
+        default_restart = 20 if cluster and home_policy == "lower" else 0     # measured: see the docstring
+        self.restart_after = int(default_restart if restart_after is None else restart_after)
+        if self.restart_after < 0:
+            raise ValueError(f"restart_after must be >= 0 (0: never), got {restart_after}")
         default_memory = 4 if cluster and home_policy == "lower" else 0    # measured: see the docstring
         self.kick_memory = int(default_memory if kick_memory is None else kick_memory)
         if self.kick_memory < 0:
@@ -474,6 +492,7 @@ class ConformerSearch:
         self.trace: list = []
         self.trace_stride = 1
         self.ecd_calls = self.quench_calls = self.refine_calls = 0
+        self.restarts = 0
         self.rng = torch.Generator().manual_seed(self.seed)
         x = self._start_positions()
         f, g = self._safe(self.evaluate(x))
@@ -494,6 +513,7 @@ class ConformerSearch:
         self.iteration = 0
         self.known_exits = [[] for _ in range(self.W)]
         self.stale = [0] * self.W             # excursions since the walker's home last moved
+        self.home_returns = [0] * self.W      # excursions in a row that ended at home
         self._fresh_path()
 
     def _fresh_path(self):
@@ -570,6 +590,7 @@ class ConformerSearch:
             self._adapt_energy(w, 1 / self.energy_growth)
             return
         is_new, index = self._archive(x, f, self.quench.g[w].numpy())
+        self._count_home_return(w, index)
         if not is_new:
             self._remember_exit(w, index)
         if self.home_policy != "lower" and isinstance(self.space, CartesianSpace):
@@ -592,6 +613,39 @@ class ConformerSearch:
         else:
             self._leave_exhausted_home(w)
             self.stale[w] += 1
+
+    def _count_home_return(self, w: int, index: int):
+        self.home_returns[w] = self.home_returns[w] + 1 if index == self.home_index[w] else 0
+
+    def _restart(self, rows: list[int]) -> list[int]:
+        """Walkers ``rows`` start over from a fresh start drawn as at the
+        beginning (a start structure, or the input rattled by ``start_rattle``):
+        quenched, then a new home with dE0. Returns the rows that could not
+        (budget spent, or the start failed to evaluate)."""
+        if not rows or self.calls + len(rows) + self.W > self.max_force_calls:
+            return rows
+        idx = torch.tensor(rows)
+        if self.starts:
+            picks = torch.randint(len(self.starts), (len(rows),), generator=self.rng).tolist()
+            x = torch.tensor(np.stack([self.starts[i].positions for i in picks]))
+        else:
+            x = torch.as_tensor(self.atoms.positions)[None].expand(len(rows), -1, -1)
+            x = x + self.start_rattle * torch.randn(x.shape, generator=self.rng, dtype=torch.float64)
+        f, g = self._safe(self.evaluate(x))
+        self.quench_calls += len(rows)
+        ok = torch.isfinite(f)
+        started = [w for w, good in zip(rows, ok.tolist()) if good]
+        if started:
+            self._start_quenches(started, x[ok], f[ok], g[ok])
+        for w in started:
+            self.home_f[w] = math.inf
+            self.home_index[w] = -1
+            self.energy[w] = self.excursion_energy
+            self.ediff[w] = self.accept_above
+            self.known_exits[w] = []
+            self.stale[w] = self.home_returns[w] = 0
+            self.restarts += 1
+        return [w for w, good in zip(rows, ok.tolist()) if not good]
 
     def _remember_exit(self, w: int, index: int):
         """Walker w's quench reached known minimum ``index``: unless that is
@@ -623,6 +677,7 @@ class ConformerSearch:
     def _finish_revisit(self, w: int, index: int):
         """Walker w's quench was seen to be heading into known minimum ``index``."""
         self.minima[index].visits += 1
+        self._count_home_return(w, index)
         self._remember_exit(w, index)
         self._adapt_energy(w, self.energy_growth)
         if self.home_policy == "hopping":
@@ -794,7 +849,11 @@ class ConformerSearch:
             if ended:
                 idx = torch.tensor(ended)
                 self._start_quenches(ended, harvest_x[idx], harvest_f[idx], harvest_g[idx])
-            self._start_excursions(settled + failed_rows)
+            dead = [w for w in settled
+                    if self.restart_after and self.home_returns[w] >= self.restart_after]
+            kept = self._restart(dead)
+            self._start_excursions([w for w in settled + failed_rows
+                                    if w not in dead or w in kept])
             if self.checkpoint and self.iteration % self.checkpoint_every == 0:
                 self._save(self.checkpoint)
 
@@ -875,7 +934,7 @@ class ConformerSearch:
                             ecd_calls=self.ecd_calls, quench_calls=self.quench_calls,
                             refine_calls=self.refine_calls, minima_found=len(self.minima),
                             wall_time_s=wall, history=list(self.history),
-                            trace=list(self.trace), kind=self.kind)
+                            trace=list(self.trace), kind=self.kind, restarts=self.restarts)
 
     # -- checkpoint -----------------------------------------------------------------------------------------
     def _save(self, path):
@@ -896,7 +955,7 @@ class ConformerSearch:
             "energy": self.energy.tolist(), "ediff": self.ediff.tolist(),
             "home_s": self.home_s.tolist(), "home_y": self.home_y.tolist(),
             "known_exits": [[d.tolist() for d in exits] for exits in self.known_exits],
-            "stale": self.stale,
+            "stale": self.stale, "home_returns": self.home_returns, "restarts": self.restarts,
             **{name: getattr(self, name).tolist()
                for name in ("cart", "cart_g", "best_cart", "best_cart_g",
                             "before_last_f", "dips")},
@@ -930,6 +989,8 @@ class ConformerSearch:
         self.known_exits = [[torch.tensor(d, dtype=torch.float64) for d in exits]
                             for exits in data.get("known_exits", [[]] * self.W)]
         self.stale = list(data.get("stale", [0] * self.W))
+        self.home_returns = list(data.get("home_returns", [0] * self.W))
+        self.restarts = data.get("restarts", 0)
         self.walkers = ecd.ECDState.from_dict(data["ecd"])
         self.rng = self.walkers.rng
         self.quench = ecd.QuenchState.from_dict(data["quench"])

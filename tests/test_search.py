@@ -325,15 +325,45 @@ def test_a_walker_that_moves_into_another_walkers_home_has_no_patience_left():
     assert any(later), "the walker that arrived second never left the shared home"
 
 
+@pytest.mark.parametrize("restart_after", [0, 5])
+def test_a_walker_whose_excursions_all_end_at_home_starts_over(restart_after):
+    """restart_after=k: a walker whose last k excursions all ended at its home
+    quenches a fresh start and descends again from dE0; the archive keeps
+    everything. Off (0), walkers sit at home longer than that."""
+    search = ConformerSearch(random_cluster(13, seed=1), LennardJonesModel(), walkers=2,
+                             max_force_calls=3000, seed=1, home_policy="lower",
+                             restart_after=restart_after)
+    seen = []
+    search.attach(lambda s: seen.append((list(s.home_returns), list(s.home_index),
+                                         s.energy.tolist(), len(s.minima))))
+    result = search.run()
+    longest = max(max(returns) for returns, *_ in seen)
+    if not restart_after:
+        assert search.restarts == 0 and longest > 5
+        return
+    assert result.restarts == search.restarts > 0 and longest <= restart_after
+    restarted = [(i, w) for i, (a, b) in enumerate(zip(seen, seen[1:])) for w in range(2)
+                 if a[1][w] != -1 and b[1][w] == -1]
+    assert restarted, "no walker was seen starting over"
+    for i, w in restarted:
+        assert seen[i][0][w] == restart_after - 1 and seen[i + 1][0][w] == 0
+        assert seen[i + 1][2][w] == search.excursion_energy
+    assert all(a[3] <= b[3] for a, b in zip(seen, seen[1:]))
+    assert result.force_calls <= 3000
+
+
 @pytest.mark.parametrize("walkers, policy, under_lower", [
     (4, "auto", True), (1, "auto", False), (4, "hopping", False), (1, "lower", True)])
-def test_kick_memory_and_patience_default_on_for_clusters_under_lower(walkers, policy, under_lower):
-    """kick_memory 4 and home_patience 40 for clusters under 'lower', else 0."""
+def test_kick_memory_patience_and_restarts_default_on_for_clusters_under_lower(walkers, policy, under_lower):
+    """kick_memory 4, home_patience 40 and restart_after 20 for clusters under
+    'lower', else 0."""
     search = ConformerSearch(random_cluster(7, seed=0), walkers=walkers, home_policy=policy)
-    assert (search.kick_memory, search.home_patience) == ((4, 40) if under_lower else (0, 0))
+    assert (search.kick_memory, search.home_patience, search.restart_after) == \
+        ((4, 40, 20) if under_lower else (0, 0, 0))
     molecule_search = ConformerSearch(molecule("CH3CH2OH"), EMT(), walkers=walkers,
                                       home_policy=policy)
-    assert (molecule_search.kick_memory, molecule_search.home_patience) == (0, 0)
+    assert (molecule_search.kick_memory, molecule_search.home_patience,
+            molecule_search.restart_after) == (0, 0, 0)
 
 
 def test_archive_draws_low_and_little_explored_minima_first(ani):
@@ -665,6 +695,7 @@ def test_failing_walker_is_restarted_and_the_search_goes_on():
     (dict(excursion_minima=-1), "excursion_minima"),
     (dict(kick_memory=-1), "kick_memory"),
     (dict(home_patience=-1), "home_patience"),
+    (dict(restart_after=-1), "restart_after"),
 ])
 def test_bad_search_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
