@@ -615,6 +615,7 @@ class ConformerSearch:
             self.stale[w] += 1
 
     def _count_home_return(self, w: int, index: int):
+        """Walker w's excursion ended in minimum ``index``: one more in a row at home, or none."""
         self.home_returns[w] = self.home_returns[w] + 1 if index == self.home_index[w] else 0
 
     def _restart(self, rows: list[int]) -> list[int]:
@@ -622,9 +623,8 @@ class ConformerSearch:
         beginning (a start structure, or the input rattled by ``start_rattle``):
         quenched, then a new home with dE0. Returns the rows that could not
         (budget spent, or the start failed to evaluate)."""
-        if not rows or self.calls + len(rows) + self.W > self.max_force_calls:
+        if not rows or self.calls + len(rows) + self.W > self._main_budget():
             return rows
-        idx = torch.tensor(rows)
         if self.starts:
             picks = torch.randint(len(self.starts), (len(rows),), generator=self.rng).tolist()
             x = torch.tensor(np.stack([self.starts[i].positions for i in picks]))
@@ -777,8 +777,12 @@ class ConformerSearch:
         """The minima found so far, ranked, without refinement (after an interruption)."""
         return self._finalize(0.0, refine=False)
 
+    def _main_budget(self) -> int:
+        """Force calls for the walkers; the rest is kept for the final refinement."""
+        return self.max_force_calls - int(self.refine_reserve * self.max_force_calls)
+
     def _explore(self):
-        main_budget = self.max_force_calls - int(self.refine_reserve * self.max_force_calls)
+        main_budget = self._main_budget()
         burn = max(1, min(self.excursion_steps, round(self.harvest_after * self.excursion_steps)))
         while self.calls + self.W <= main_budget and not self._done():
             proposed = ecd.propose(self.walkers, self.hp)
