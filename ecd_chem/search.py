@@ -262,7 +262,9 @@ class ConformerSearch:
     temperature (K): Boltzmann weights.
     target_energy: stop as soon as a minimum at or below it is found (benchmarks).
     checkpoint: JSON path written atomically every ``checkpoint_every`` steps; an
-        existing one is resumed.
+        existing one is resumed. Writes are spaced out so that they take at most
+        ~5% of the wall time (a cheap potential with thousands of minima would
+        otherwise spend most of its time writing).
     """
 
     def __init__(self, atoms: Atoms, calculator=None, walkers: int = 8,
@@ -385,6 +387,8 @@ class ConformerSearch:
         self.target_energy = target_energy
         self.checkpoint = checkpoint
         self.checkpoint_every = int(checkpoint_every)
+        self._clock = time.perf_counter      # replaceable in tests
+        self._next_save = -math.inf
         self.refine_reserve = refine_reserve
         self.merge_top_rotamers = bool(merge_top_rotamers) and not cluster
         self.top_ends = (symmetric_top_ends(self.topology, self.atoms.numbers)
@@ -860,8 +864,17 @@ class ConformerSearch:
             kept = self._restart(dead)
             self._start_excursions([w for w in settled + failed_rows
                                     if w not in dead or w in kept])
-            if self.checkpoint and self.iteration % self.checkpoint_every == 0:
-                self._save(self.checkpoint)
+            if self.checkpoint and self.iteration % self.checkpoint_every == 0 \
+                    and self._clock() >= self._next_save:
+                self._periodic_save()
+
+    def _periodic_save(self):
+        """Checkpoint, then wait 19x as long as the write took before the
+        next one, so that writes take at most 5% of the wall time."""
+        start = self._clock()
+        self._save(self.checkpoint)
+        end = self._clock()
+        self._next_save = end + 19 * (end - start)
 
     TRACE_ROWS = 2000
 

@@ -1,4 +1,5 @@
 """ConformerSearch: global minima, conformers, dedup, budget, checkpoints, faults."""
+import itertools
 import json
 
 import numpy as np
@@ -654,6 +655,23 @@ def test_resume_after_kill_keeps_every_minimum(tmp_path):
         moved = np.abs(cluster_fingerprint(kept.positions) - cluster_fingerprint(np.array(m["positions"])))
         assert moved.max() < search.rmsd_threshold
     assert result.force_calls <= 3000 and result.force_calls > saved["calls"]
+
+
+def test_checkpoint_writes_take_at_most_a_twentieth_of_the_time(tmp_path):
+    """After a write that took t, none comes before 19 t more: with a fake clock
+    whose every reading advances one unit, a write "takes" one unit, and the
+    next periodic one waits 19 steps even at checkpoint_every=1."""
+    search = ConformerSearch(random_cluster(13, seed=0), LennardJonesModel(), walkers=2,
+                             max_force_calls=1000, seed=0, checkpoint=str(tmp_path / "s.json"),
+                             checkpoint_every=1)
+    ticks = itertools.count()
+    search._clock = lambda: float(next(ticks))
+    written, save = [], search._save
+    search._save = lambda path: (written.append(search.iteration), save(path))
+    search.run()
+    periodic = written[:-1]                  # the last write is run()'s final one
+    assert len(periodic) >= 5
+    assert set(np.diff(periodic)) == {19}
 
 
 class NaNWalker(LennardJonesModel):
