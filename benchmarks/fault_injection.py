@@ -141,7 +141,8 @@ def main():
     lost_final = sum(lost(s, minima) for s in snapshots)
     summary = json.loads((workdir / "summary.json").read_text()) if final.returncode == 0 else {}
     print()
-    print(f"LJ{args.atoms}, budget {args.budget} force calls, 8 walkers, checkpoint every 25 steps at most (writes kept under ~5% of the wall time)")
+    print(f"LJ{args.atoms}, budget {args.budget} force calls, 8 walkers, checkpoint every 25 steps "
+          "at most (writes kept under ~5% of the wall time)")
     print(f"final run: status {final.returncode}, force calls {summary.get('force_calls')}, "
           f"lowest {summary.get('conformers', [{}])[0].get('energy_eV')}")
     print(f"kills {kills}  resumes {resumes}  minima lost {lost_total + lost_final}  "
