@@ -215,11 +215,11 @@ class ConformerSearch:
         were (``starts`` or the input rattled), quenched, then a new descent
         from dE0. The archive keeps everything found. 0: never. Default 20
         for clusters under 'lower', else 0 (not measured). Measured with 4
-        walkers: LJ38 (36 runs of 2e5 calls) found in 28 runs against 16
-        without (1.16e5 calls per success, failed runs' calls included,
-        against 3.16e5; 40 instead of 20 gave no gain on 18 of them); LJ26
-        mean 9 928 calls against 14 241 (40 of 40 runs both); LJ13 and LJ19
-        unchanged.
+        walkers: LJ38 (36 runs of 2e5 calls) found in 23 runs against 9
+        without (2.02e5 calls per success, failed runs' calls included,
+        against 6.63e5; 40 or 10 instead of 20 found it less often); LJ26
+        unchanged (10 573 calls against 10 584, 40 of 40 runs both), as are
+        LJ13 and LJ19.
     accept_above: 'hopping''s starting ediff (eV; clusters 2.0 in LJ units,
         molecules 0.05). accept_rate: its factor (>= 1, default 1.1).
     home_temperature: that draw's temperature (eV; molecules 0.02, about 0.5
