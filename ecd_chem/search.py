@@ -193,7 +193,8 @@ class ConformerSearch:
         a cluster, 'archive' for one walker on a molecule, else 'lower' (where
         measured, 'archive' was slower for clusters and for 4 or 8 walkers;
         with one walker 'hopping' found LJ26 in 35 of 40 runs against 27 for
-        'lower', but with 4 walkers it failed more often than 'lower').
+        'lower' in session 18, 29 of 40 with the session-24 code; with 4
+        walkers it failed more often than 'lower').
     home_patience: under 'lower', a walker whose home has not moved in this
         many excursions (each one a revisit or a higher minimum: it sits at the
         bottom of a funnel) takes the next new minimum it lands in as its home,
