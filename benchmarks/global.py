@@ -46,6 +46,7 @@ from ecd_chem.structures import KCAL_PER_MOL
 HERE = pathlib.Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data" / "lj_global_minima.csv"
 FALLBACK = {13: -44.326801, 19: -72.659782, 26: -108.315616, 38: -173.928427}
+REACHED = 1e-3          # a geometry this close in energy to the global minimum has reached it
 BUDGET = {13: 20_000, 19: 50_000, 26: 100_000, 38: 200_000}
 MOLECULES = ["n-hexane", "1,2-ethanediol", "alanine_dipeptide", "butanol", "methoxyethanol",
              "propanal"]
@@ -72,7 +73,7 @@ class Watch(LennardJones):
     def calculate(self, atoms=None, properties=("energy",), system_changes=()):
         super().calculate(atoms, properties, system_changes)
         self.calls += 1
-        if self.hit is None and self.results["energy"] <= self.target + 1e-3:
+        if self.hit is None and self.results["energy"] <= self.target + REACHED:
             self.hit = self.calls
             raise Reached
         if self.calls >= self.budget:
@@ -87,7 +88,7 @@ def run_scipy(n, seed, target, budget):
     def fun(x):
         calls[0] += 1
         e, f = model.evaluate(atoms, torch.tensor(x.reshape(1, -1, 3)))
-        if hit[0] is None and float(e[0]) <= target + 1e-3:
+        if hit[0] is None and float(e[0]) <= target + REACHED:
             hit[0] = calls[0]
             raise Reached
         if calls[0] >= budget:
@@ -145,7 +146,7 @@ class WatchedModel(LennardJonesModel):
     def evaluate(self, atoms, positions):
         energy, forces = super().evaluate(atoms, positions)
         self.calls += positions.shape[0]
-        if self.hit is None and bool((energy <= self.target + 1e-3).any()):
+        if self.hit is None and bool((energy <= self.target + REACHED).any()):
             self.hit = self.calls
         return energy, forces
 
@@ -156,8 +157,8 @@ def run_ecd(n, seed, target, budget, walkers, settings=None):
     model = WatchedModel(target)
     result = ConformerSearch(random_cluster(n, seed=seed), model, walkers=walkers,
                              max_force_calls=budget, seed=seed,
-                             target_energy=target + 1e-3, **(settings or {})).run()
-    archived = [calls for calls, e in result.history if e <= target + 1e-3]
+                             target_energy=target + REACHED, **(settings or {})).run()
+    archived = [calls for calls, e in result.history if e <= target + REACHED]
     return model.hit, archived[0] if archived else None, result
 
 
