@@ -437,12 +437,14 @@ def test_quenches_screen_loosely_and_the_lowest_minimum_is_quenched_tight():
 
 def test_a_quench_heading_into_a_known_minimum_stops_early_as_a_revisit():
     def run(revisit_fmax):
-        """Quench calls per landing over three LJ19 searches (per seed 0.78-0.92
-        of the full quench's when measured, pooled 0.87). Homes only move down
-        (no patience), so that the landings are the revisit-rich ones at a
+        """Quench calls per landing over six LJ19 searches (per seed 0.74-1.00
+        of the full quench's when measured in session 24, pooled 0.88: chaos
+        moves single seeds, so the test pools them; with the check broken
+        both runs are the same, ratio 1). Homes only move down (no
+        patience), so that the landings are the revisit-rich ones at a
         funnel bottom that this shortcut is for."""
         calls = landings = 0
-        for seed in (0, 1, 2):
+        for seed in range(6):
             search = ConformerSearch(random_cluster(19, seed=seed), walkers=4,
                                      max_force_calls=5000, seed=seed, revisit_fmax=revisit_fmax,
                                      home_patience=0)
@@ -456,7 +458,7 @@ def test_a_quench_heading_into_a_known_minimum_stops_early_as_a_revisit():
     screened, calls_per_landing = run(None)
     assert screened.revisit_fmax == 0.3
     full, calls_per_full_quench = run(0.0)
-    assert calls_per_landing < 0.9 * calls_per_full_quench
+    assert calls_per_landing < 0.95 * calls_per_full_quench
     with pytest.raises(ValueError, match="revisit_fmax"):
         ConformerSearch(random_cluster(13, seed=0), walkers=1, revisit_fmax=-1)
 
