@@ -325,7 +325,22 @@ def main():
                                              settings, args.molecule_first_seed)
     print(f"wall time {time.time() - t0:.0f} s")
     if args.json:
+        report["versions"] = installed_versions()
         pathlib.Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+def installed_versions() -> dict:
+    """Versions of the packages whose floating point the searches depend on:
+    the searches are chaotic, so another rounding gives other trajectories
+    (session 24 could not rerun session 23's runs one for one)."""
+    from importlib import metadata
+    versions = {}
+    for name in ("numpy", "scipy", "torch", "ase", "torchani", "rdkit"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 if __name__ == "__main__":

@@ -39,3 +39,9 @@ def test_search_is_counted_at_the_evaluation_that_reaches_the_minimum(bench):
     hit, archived_at, result = bench.run_ecd(13, 0, LJ13, 20_000, 1)
     assert hit is not None and archived_at is not None
     assert hit < archived_at <= result.force_calls
+
+
+def test_reports_record_the_installed_versions(bench):
+    versions = bench.installed_versions()
+    assert versions["numpy"] == __import__("numpy").__version__
+    assert versions["torch"].startswith(torch.__version__.split("+")[0])
