@@ -12,6 +12,7 @@ from scipy.spatial.transform import Rotation
 
 from ecd_chem import ConformerSearch
 from ecd_chem import dynamics as ecd
+from ecd_chem.calculators import Evaluator
 from ecd_chem.search import Minimum
 from ecd_chem.potentials import LennardJonesModel, random_cluster
 from ecd_chem.structures import (TorsionSpace, bond_graph, cluster_fingerprint,
@@ -463,12 +464,8 @@ def test_a_quench_heading_into_a_known_minimum_stops_early_as_a_revisit():
                for m in search.minima)
     assert len(revisits) >= 20
     x, f, g = (torch.stack([start[i] for start, _ in revisits]) for i in range(3))
-    model = LennardJonesModel()
-
-    def energy_gradient(xs):
-        energy, forces = model.evaluate(search.atoms, xs)
-        return energy, -forces
-    _, converged, full = ecd.quench_until(ecd.quench_init(x, f, g, search.qp), energy_gradient,
+    evaluate = Evaluator(LennardJonesModel(), search.atoms)
+    _, converged, full = ecd.quench_until(ecd.quench_init(x, f, g, search.qp), evaluate,
                                           search.screen_fmax, search.quench_steps, search.qp)
     assert bool(converged.all())
     stopped = torch.tensor([steps for _, steps in revisits], dtype=torch.float64)
