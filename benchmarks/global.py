@@ -326,6 +326,7 @@ def main():
     print(f"wall time {time.time() - t0:.0f} s")
     if args.json:
         report["versions"] = installed_versions()
+        report["machine"] = machine()
         pathlib.Path(args.json).write_text(json.dumps(report, indent=1))
 
 
@@ -341,6 +342,23 @@ def installed_versions() -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def machine() -> dict:
+    """The CPU, torch's vector kernels on it and the thread count: with the
+    same versions, another CPU or thread count rounds differently too
+    (session 25: LJ13 seed 5 took 339 calls against 325 in session 24's
+    table, same versions, one thread)."""
+    import platform
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu": model, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch_threads": torch.get_num_threads()}
 
 
 if __name__ == "__main__":

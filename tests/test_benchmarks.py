@@ -45,3 +45,10 @@ def test_reports_record_the_installed_versions(bench):
     versions = bench.installed_versions()
     assert versions["numpy"] == __import__("numpy").__version__
     assert versions["torch"].startswith(torch.__version__.split("+")[0])
+
+
+def test_reports_record_the_machine(bench):
+    machine = bench.machine()
+    assert machine["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["torch_threads"] == torch.get_num_threads()
+    assert machine["cpu"]
