@@ -20,7 +20,9 @@ batched evaluation per step (one ANI forward pass for W walkers):
 * **quench** -- batched L-BFGS from that point down to ``quench_fmax``
   (molecules: preconditioned by a bonded model Hessian, so groups turn about
   their bonds in long steps); a quench
-  that cannot become the new lowest minimum may stop at ``screen_fmax``.
+  that cannot become the new lowest minimum may stop at ``screen_fmax``, one
+  heading into a known minimum earlier, and a cluster's as soon as every atom
+  is back near where it was at home.
 
 Every quenched minimum is checked (molecules: same bond topology as the input,
 else it is discarded) and deduplicated (molecules: RMSD after alignment with
@@ -59,7 +61,7 @@ from . import dynamics as ecd
 from .calculators.base import Evaluator, as_batch_model
 from .structures import (KCAL_PER_MOL, InputError, check_atoms, atomic_write, boltzmann_weights, bond_graph,
                          CartesianSpace, TorsionSpace, cluster_fingerprint, equivalence_classes,
-                         rmsd, same_topology, symmetric_top_ends,
+                         largest_displacement, rmsd, same_topology, symmetric_top_ends,
                          write_ensemble)
 
 CHECKPOINT_VERSION = 1
@@ -241,6 +243,12 @@ class ConformerSearch:
         default 0.4 x rmsd_threshold. On molecules at 0.3 eV/A a match that
         tight almost never fires (the geometry can still lie tenths of an A
         from the minimum along a soft torsion); 0.25 A does.
+    home_radius: a quench whose atoms all lie within this distance (A) of
+        where they were at the home its excursion left from (same atoms, best
+        rotation) has come back home and stops there, at any force (0: off).
+        Clusters: rmsd_threshold (LJ19, one walker: 15% fewer calls to the
+        global minimum; LJ13 3%; LJ26 at 4 walkers unchanged; a return home
+        stops at half its full quench's steps); molecules 0 (not measured).
     precon: the quench's preconditioner, the L-BFGS model's initial inverse
         Hessian, from which soft-mode kicks are also taken: 'bonded' (a
         model Hessian of the input's bonds, angles and dihedrals, see
@@ -279,7 +287,7 @@ class ConformerSearch:
                  kick_torsions=1, restart_after=None,
                  top_weight=0.3,
                  quench_fmax=None, screen_fmax=None, revisit_fmax=None, revisit_rmsd=None,
-                 quench_steps=500, precon=None,
+                 home_radius=None, quench_steps=500, precon=None,
                  refine_fmax=None,
                  energy_window=6.0, energy_tolerance=0.05, rmsd_threshold=0.125,
                  merge_top_rotamers=True,
@@ -379,6 +387,10 @@ class ConformerSearch:
                                   if revisit_rmsd is None else revisit_rmsd)
         if not self.revisit_rmsd > 0:
             raise ValueError(f"revisit_rmsd must be > 0, got {revisit_rmsd}")
+        self.home_radius = float((rmsd_threshold if cluster else 0.0)
+                                 if home_radius is None else home_radius)
+        if not self.home_radius >= 0:
+            raise ValueError(f"home_radius must be >= 0 (0: off), got {home_radius}")
         self.quench_steps = int(quench_steps)
         self.refine_fmax = refine_fmax or (1e-3 if cluster else 0.01)
         self.energy_window = energy_window * KCAL_PER_MOL
@@ -444,6 +456,13 @@ class ConformerSearch:
                     and self._same(known, probe, math.inf, threshold=self.revisit_rmsd)):
                 return i
         return None
+
+    def _back_home(self, w: int) -> bool:
+        """Walker w's unfinished quench has every atom within ``home_radius``
+        of where it was at home (same atom order: the walker left from there),
+        after the best rotation, whatever the force."""
+        return self.home_index[w] >= 0 and largest_displacement(
+            self.quench.x[w].numpy(), self.home_x[w].numpy()) < self.home_radius
 
     def _top_rotamer(self, a: Minimum, b: Minimum) -> bool:
         """a and b differ at most in how their symmetric tops are turned."""
@@ -851,6 +870,10 @@ class ConformerSearch:
                     index = self._known_basin(w)
                     if index is not None:
                         revisits[w] = index
+            if self.home_radius > 0:
+                for w in torch.nonzero(quenching & ~finished).flatten().tolist():
+                    if w not in revisits and self._back_home(w):
+                        revisits[w] = self.home_index[w]
             settled = torch.nonzero(finished).flatten().tolist() + list(revisits)
             for w in settled:
                 if w in revisits:

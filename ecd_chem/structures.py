@@ -338,6 +338,13 @@ def _kabsch(a: np.ndarray, b: np.ndarray):
     return u @ np.diag([1.0, 1.0, d]) @ vt
 
 
+def largest_displacement(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest distance between an atom of a and the same atom of b (N, 3),
+    after centring both and rotating a onto b (Kabsch); units of a and b."""
+    a, b = a - a.mean(0), b - b.mean(0)
+    return float(np.linalg.norm(a @ _kabsch(a, b) - b, axis=1).max())
+
+
 def rmsd(a: np.ndarray, b: np.ndarray, classes=None, iterations: int = 4,
          below: float | None = None) -> float:
     """RMSD (same units as a, b) after centring, optimal rotation, and the best

@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 
 from ecd_chem import dynamics as ecd
 from ecd_chem.structures import (InputError, bond_graph, cluster_fingerprint,
-                                 equivalence_classes, read_structure, rmsd)
+                                 equivalence_classes, largest_displacement, read_structure, rmsd)
 
 ROOT = Path(__file__).resolve().parent.parent
 # derandomized: CI sees the same examples every run (a failure is reproducible)
@@ -89,6 +89,19 @@ def test_rmsd_invariant_under_rotation_translation_permutation(ethanediol, seed,
         order[members] = rng.permutation(members)
     moved = atoms.positions[order] @ random_rotation(seed).T + shift.numpy()[0]
     assert rmsd(atoms.positions, moved, classes) < 1e-6
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2 ** 31), shift=vectors(1), push=st.floats(0.05, 2.0))
+def test_largest_displacement_ignores_rigid_motion_and_sees_one_moved_atom(ethanediol, seed,
+                                                                           shift, push):
+    atoms, _ = ethanediol
+    moved = atoms.positions @ random_rotation(seed).T + shift.numpy()[0]
+    assert largest_displacement(atoms.positions, moved) < 1e-6
+    pushed = atoms.positions.copy()
+    pushed[0] += push * np.array([0.6, 0.0, 0.8])
+    # the best rotation spreads some of the push over the other atoms, never all of it
+    assert push / 2 < largest_displacement(pushed, moved) <= push + 1e-9
 
 
 @SETTINGS

@@ -16,7 +16,7 @@ from ecd_chem.calculators import Evaluator
 from ecd_chem.search import Minimum
 from ecd_chem.potentials import LennardJonesModel, random_cluster
 from ecd_chem.structures import (TorsionSpace, bond_graph, cluster_fingerprint,
-                                 equivalence_classes, rmsd)
+                                 equivalence_classes, largest_displacement, rmsd)
 
 from pathlib import Path
 
@@ -443,7 +443,7 @@ def test_a_quench_heading_into_a_known_minimum_stops_early_as_a_revisit():
     Homes only move down (no patience), so that the landings are the
     revisit-rich ones at a funnel bottom that this shortcut is for."""
     search = ConformerSearch(random_cluster(19, seed=0), walkers=4, max_force_calls=5000,
-                             seed=0, home_patience=0)
+                             seed=0, home_patience=0, home_radius=0)
     assert search.revisit_fmax == 0.3
     starts, revisits = {}, []
     start_quenches, finish_revisit = search._start_quenches, search._finish_revisit
@@ -476,6 +476,49 @@ def test_a_quench_heading_into_a_known_minimum_stops_early_as_a_revisit():
     assert stopped.mean() < 0.9 * full.mean()
     with pytest.raises(ValueError, match="revisit_fmax"):
         ConformerSearch(random_cluster(13, seed=0), walkers=1, revisit_fmax=-1)
+
+
+def test_a_quench_back_at_its_home_stops_there():
+    """A cluster quench whose atoms are all back within home_radius of the
+    home its excursion left from stops as a return home, at any force. Each
+    such quench is redone from the same start to the screening threshold: it
+    must end in that home (measured: all of them), and later."""
+    search = ConformerSearch(random_cluster(19, seed=0), walkers=4, max_force_calls=5000,
+                             seed=0, home_patience=0, revisit_fmax=0)   # the home check alone
+    assert search.home_radius == search.rmsd_threshold
+    starts, returns = {}, []
+    start_quenches, back_home = search._start_quenches, search._back_home
+
+    def record_start(rows, x, f, g):
+        for k, w in enumerate(rows):
+            starts[w] = (x[k].clone(), f[k].clone(), g[k].clone())
+        return start_quenches(rows, x, f, g)
+
+    def record_return(w):
+        back = back_home(w)
+        if back:
+            returns.append((starts[w], int(search.quench.steps[w]), search.home_x[w].clone(),
+                            float(ecd.max_force(search.quench.g[w:w + 1]))))
+        return back
+
+    search._start_quenches, search._back_home = record_start, record_return
+    search.run()
+    assert len(returns) >= 20
+    # most are recognised while the forces are still too large for the fingerprint check
+    assert sum(force > 0.3 for *_, force in returns) > len(returns) / 2
+    x, f, g = (torch.stack([start[i] for start, *_ in returns]) for i in range(3))
+    evaluate = Evaluator(LennardJonesModel(), search.atoms)
+    end, converged, full = ecd.quench_until(ecd.quench_init(x, f, g, search.qp), evaluate,
+                                            search.screen_fmax, search.quench_steps, search.qp)
+    assert bool(converged.all())
+    home = [largest_displacement(end.x[k].numpy(), r[2].numpy()) < search.rmsd_threshold
+            for k, r in enumerate(returns)]
+    assert np.mean(home) >= 0.95
+    stopped = torch.tensor([steps for _, steps, *_ in returns], dtype=torch.float64)
+    assert bool((stopped < full.double()).all())
+    assert stopped.mean() < 0.8 * full.double().mean()
+    with pytest.raises(ValueError, match="home_radius"):
+        ConformerSearch(random_cluster(13, seed=0), walkers=1, home_radius=-1)
 
 
 def test_preconditioned_cluster_quenches_cost_fewer_calls_per_landing():
