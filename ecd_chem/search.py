@@ -247,8 +247,9 @@ class ConformerSearch:
         where they were at the home its excursion left from (same atoms, best
         rotation) has come back home and stops there, at any force (0: off).
         Clusters: rmsd_threshold (LJ19, one walker: 15% fewer calls to the
-        global minimum; LJ13 3%; LJ26 at 4 walkers unchanged; a return home
-        stops at half its full quench's steps); molecules 0 (not measured).
+        global minimum; LJ13 3%; LJ26 and LJ38 at 4 walkers unchanged; a
+        return home stops at half its full quench's steps); molecules 0 (not
+        measured).
     precon: the quench's preconditioner, the L-BFGS model's initial inverse
         Hessian, from which soft-mode kicks are also taken: 'bonded' (a
         model Hessian of the input's bonds, angles and dihedrals, see
