@@ -436,6 +436,19 @@ def test_quenches_screen_loosely_and_the_lowest_minimum_is_quenched_tight():
     assert any(0.01 <= f < search.screen_fmax == 0.03 for f in largest_force.values())
 
 
+def record_quench_starts(search) -> dict:
+    """Walker -> (x, f, g) where its latest quench started, kept as the search runs."""
+    starts, start_quenches = {}, search._start_quenches
+
+    def record_start(rows, x, f, g):
+        for k, w in enumerate(rows):
+            starts[w] = (x[k].clone(), f[k].clone(), g[k].clone())
+        return start_quenches(rows, x, f, g)
+
+    search._start_quenches = record_start
+    return starts
+
+
 def test_a_quench_heading_into_a_known_minimum_stops_early_as_a_revisit():
     """Every quench the revisit check ended is redone from the same start to
     the screening threshold: the check must have saved calls on the same
@@ -445,19 +458,14 @@ def test_a_quench_heading_into_a_known_minimum_stops_early_as_a_revisit():
     search = ConformerSearch(random_cluster(19, seed=0), walkers=4, max_force_calls=5000,
                              seed=0, home_patience=0, home_radius=0)
     assert search.revisit_fmax == 0.3
-    starts, revisits = {}, []
-    start_quenches, finish_revisit = search._start_quenches, search._finish_revisit
-
-    def record_start(rows, x, f, g):
-        for k, w in enumerate(rows):
-            starts[w] = (x[k].clone(), f[k].clone(), g[k].clone())
-        return start_quenches(rows, x, f, g)
+    starts, revisits = record_quench_starts(search), []
+    finish_revisit = search._finish_revisit
 
     def record_revisit(w, index):
         revisits.append((starts[w], int(search.quench.steps[w])))
         return finish_revisit(w, index)
 
-    search._start_quenches, search._finish_revisit = record_start, record_revisit
+    search._finish_revisit = record_revisit
     search.run()
     # revisits end before converging; every minimum kept was quenched to screen_fmax
     assert all(np.linalg.norm(m.gradient, axis=1).max() < search.screen_fmax
@@ -486,13 +494,8 @@ def test_a_quench_back_at_its_home_stops_there():
     search = ConformerSearch(random_cluster(19, seed=0), walkers=4, max_force_calls=5000,
                              seed=0, home_patience=0, revisit_fmax=0)   # the home check alone
     assert search.home_radius == search.rmsd_threshold
-    starts, returns = {}, []
-    start_quenches, back_home = search._start_quenches, search._back_home
-
-    def record_start(rows, x, f, g):
-        for k, w in enumerate(rows):
-            starts[w] = (x[k].clone(), f[k].clone(), g[k].clone())
-        return start_quenches(rows, x, f, g)
+    starts, returns = record_quench_starts(search), []
+    back_home = search._back_home
 
     def record_return(w):
         back = back_home(w)
@@ -501,7 +504,7 @@ def test_a_quench_back_at_its_home_stops_there():
                             float(ecd.max_force(search.quench.g[w:w + 1]))))
         return back
 
-    search._start_quenches, search._back_home = record_start, record_return
+    search._back_home = record_return
     search.run()
     assert len(returns) >= 20
     # most are recognised while the forces are still too large for the fingerprint check
