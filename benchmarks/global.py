@@ -23,6 +23,8 @@
         --molecule-first-seed 10 --reference old.json --set home_policy=lower  # fresh seeds
     python benchmarks/global.py --lj 19 --seeds 16 --walkers 4 --peers --molecules \
                                 --set kick=isotropic excursion_energy=15   # a cluster variant
+    python benchmarks/global.py --merge a.json b.json --json ab.json   # join seed splits; print
+                                # the table, ratios to the best peer with 95% bootstrap intervals
 """
 from __future__ import annotations
 
@@ -191,7 +193,7 @@ def lj_benchmark(sizes, seeds, walker_counts, peers, seeds_large, settings=None,
             # standard error of the mean: these means are heavy-tailed, so read
             # differences within about two of these as noise
             sem = statistics.stdev(ok) / math.sqrt(len(ok)) if len(ok) > 1 else None
-            row[label] = {"success": len(ok), "runs": runs, "budget": budget,
+            row[label] = {"success": len(ok), "runs": runs, "first_seed": first_seed, "budget": budget,
                           "mean_calls": statistics.mean(ok) if ok else None,
                           "sem_calls": sem, "calls": hits, "wall_s": time.time() - t0}
             if label in shares:
@@ -290,6 +292,93 @@ def parse_setting(item: str):
         return key, text
 
 
+def per_success(calls, budget):
+    """Force calls spent per run that found the minimum, each failed run (None)
+    counted at its whole budget: the mean when every run succeeds; None when none does."""
+    found = sum(c is not None for c in calls)
+    return sum(budget if c is None else c for c in calls) / found if found else None
+
+
+def ratio_interval(ours, peer, budget, draws=2000, seed=0):
+    """Ratio of calls per success (``per_success``), ours over the peer's, with
+    a 95% paired bootstrap interval: ``ours[i]`` and ``peer[i]`` are the runs
+    from the same seed (None: not found, ``budget`` calls spent), and a draw
+    resamples seeds. Returns (ratio, low, high); None where a side found nothing."""
+    ours, peer = list(ours), list(peer)
+    if len(ours) != len(peer):
+        raise ValueError(f"paired runs differ in number: {len(ours)} and {len(peer)}")
+
+    def ratio(rows):
+        a = per_success([ours[i] for i in rows], budget)
+        b = per_success([peer[i] for i in rows], budget)
+        return a / b if a is not None and b is not None else None
+    whole = ratio(range(len(ours)))
+    if whole is None:
+        return None
+    rng = np.random.default_rng(seed)
+    drawn = [ratio(rng.integers(0, len(ours), len(ours))) for _ in range(draws)]
+    drawn = [r for r in drawn if r is not None]
+    return whole, float(np.percentile(drawn, 2.5)), float(np.percentile(drawn, 97.5))
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One cluster report from several (``--first-seed`` splits of one table):
+    each row's runs put in seed order, its means recomputed; the versions and
+    machine of the first report that has them."""
+    merged = {"lj": {}}
+    for report in reports:
+        for key in ("versions", "machine"):
+            if report.get(key) and key not in merged:
+                merged[key] = report[key]
+        for cluster, row in report["lj"].items():
+            for label, r in row.items():
+                merged["lj"].setdefault(cluster, {}).setdefault(label, []).append(r)
+    for cluster, row in merged["lj"].items():
+        for label, parts in row.items():
+            parts.sort(key=lambda r: r.get("first_seed", 0))
+            calls = [c for r in parts for c in r["calls"]]
+            ok = [c for c in calls if c is not None]
+            r = {"success": len(ok), "runs": len(calls), "first_seed": parts[0].get("first_seed", 0),
+                 "budget": parts[0]["budget"], "mean_calls": statistics.mean(ok) if ok else None,
+                 "sem_calls": statistics.stdev(ok) / math.sqrt(len(ok)) if len(ok) > 1 else None,
+                 "calls": calls, "wall_s": sum(p["wall_s"] for p in parts)}
+            if all("ecd_share" in p for p in parts):
+                r["ecd_share"] = sum(p["ecd_share"] * p["runs"] for p in parts) / len(calls)
+                r["calls_archived"] = [c for p in parts for c in p["calls_archived"]]
+            row[label] = r
+    return merged
+
+
+def summary(report: dict) -> list[str]:
+    """Lines of the cluster table: for every row success, mean ± standard
+    error, median, and calls per success with each failed run's budget
+    counted; for ConformerSearch rows, the ratio of calls per success to the
+    peer with the fewest, with its 95% paired bootstrap interval (rows over the
+    same seeds)."""
+    lines = []
+    for cluster, row in report["lj"].items():
+        peers = {label: r for label, r in row.items()
+                 if not label.startswith("ConformerSearch") and r["success"]}
+        best = min(peers, key=lambda label: per_success(peers[label]["calls"], peers[label]["budget"]),
+                   default=None)
+        for label, r in row.items():
+            ok = [c for c in r["calls"] if c is not None]
+            text = f"  {cluster:5s} {label:22s} {r['success']}/{r['runs']}"
+            if ok:
+                sem = f" ± {r['sem_calls']:.0f}" if r.get("sem_calls") else ""
+                text += (f"  mean {statistics.mean(ok):.0f}{sem}, median {statistics.median(ok):.0f},"
+                         f" per success {per_success(r['calls'], r['budget']):.0f}")
+            if "ecd_share" in r:
+                text += f", ECD share {r['ecd_share']:.2f}"
+            peer = row.get(best)
+            if (label.startswith("ConformerSearch") and peer is not None and ok
+                    and (peer["runs"], peer.get("first_seed", 0)) == (r["runs"], r.get("first_seed", 0))):
+                value, low, high = ratio_interval(r["calls"], peer["calls"], r["budget"])
+                text += f"; {value:.2f}x {best} (95% {low:.2f}-{high:.2f})"
+            lines.append(text)
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lj", type=int, nargs="*", default=[13, 19, 26, 38],
@@ -313,7 +402,16 @@ def main():
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="ConformerSearch settings (clusters and molecules), e.g. kick_power=6")
     parser.add_argument("--json")
+    parser.add_argument("--merge", nargs="+", metavar="REPORT",
+                        help="no runs: merge these --json reports (seed splits of one table) "
+                             "into --json, if given, and print the table with ratios")
     args = parser.parse_args()
+    if args.merge:
+        report = merge_reports([json.loads(pathlib.Path(f).read_text()) for f in args.merge])
+        print("\n".join(summary(report)))
+        if args.json:
+            pathlib.Path(args.json).write_text(json.dumps(report, indent=1))
+        return
     settings = dict(parse_setting(item) for item in args.set)
     reference = (json.loads(pathlib.Path(args.reference).read_text())["molecules"]
                  if args.reference else None)

@@ -52,3 +52,35 @@ def test_reports_record_the_machine(bench):
     assert machine["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert machine["torch_threads"] == torch.get_num_threads()
     assert machine["cpu"]
+
+
+def test_calls_per_success_count_each_failed_run_at_its_budget(bench):
+    assert bench.per_success([10, None, 30], budget=100) == 70
+    assert bench.per_success([10, 30], budget=100) == 20          # all found: the mean
+    assert bench.per_success([None, None], budget=100) is None
+
+
+def test_ratio_interval_pairs_runs_by_seed(bench):
+    peer = [100, 300, 250, 1200, 80, 400, 90, 600]
+    assert bench.ratio_interval([c / 2 for c in peer], peer, 10_000) == (0.5, 0.5, 0.5)
+    ratio, low, high = bench.ratio_interval([50, 900, 100, 300, 40, 2000, 45, 150], peer, 10_000)
+    assert low < ratio < high
+    assert ratio == pytest.approx(3585 / 3020)
+    assert bench.ratio_interval([None] * 8, peer, 10_000) is None
+    with pytest.raises(ValueError, match="paired"):
+        bench.ratio_interval(peer[:4], peer, 10_000)
+
+
+def test_merged_reports_keep_seed_order_and_recount(bench):
+    def part(first, calls, share):
+        return {"lj": {"LJ13": {"ConformerSearch W=1": {
+            "runs": len(calls), "first_seed": first, "budget": 100, "calls": calls,
+            "calls_archived": calls, "wall_s": 1.0, "ecd_share": share}}},
+            "versions": {"numpy": "x"}}
+    merged = bench.merge_reports([part(2, [30, None], 0.6), part(0, [10, 20], 0.3)])
+    row = merged["lj"]["LJ13"]["ConformerSearch W=1"]
+    assert row["calls"] == [10, 20, 30, None]
+    assert (row["success"], row["runs"], row["first_seed"]) == (3, 4, 0)
+    assert row["mean_calls"] == 20 and row["ecd_share"] == pytest.approx(0.45)
+    assert merged["versions"] == {"numpy": "x"}
+    assert any("3/4" in line for line in bench.summary(merged))
