@@ -324,7 +324,8 @@ def ratio_interval(ours, peer, budget, draws=2000, seed=0):
 def merge_reports(reports: list[dict]) -> dict:
     """One cluster report from several (``--first-seed`` splits of one table):
     each row's runs put in seed order, its means recomputed; the versions and
-    machine of the first report that has them."""
+    machine of the first report that has them. A row whose seeds overlap or
+    leave a gap raises ValueError."""
     merged = {"lj": {}}
     for report in reports:
         for key in ("versions", "machine"):
@@ -336,6 +337,10 @@ def merge_reports(reports: list[dict]) -> dict:
     for cluster, row in merged["lj"].items():
         for label, parts in row.items():
             parts.sort(key=lambda r: r.get("first_seed", 0))
+            for before, after in zip(parts, parts[1:]):
+                if before.get("first_seed", 0) + before["runs"] != after.get("first_seed", 0):
+                    raise ValueError(f"{cluster} {label}: the reports' seeds overlap or leave a gap "
+                                     f"at seed {before.get('first_seed', 0) + before['runs']}")
             calls = [c for r in parts for c in r["calls"]]
             ok = [c for c in calls if c is not None]
             r = {"success": len(ok), "runs": len(calls), "first_seed": parts[0].get("first_seed", 0),
@@ -353,8 +358,8 @@ def summary(report: dict) -> list[str]:
     """Lines of the cluster table: for every row success, mean ± standard
     error, median, and calls per success with each failed run's budget
     counted; for ConformerSearch rows, the ratio of calls per success to the
-    peer with the fewest, with its 95% paired bootstrap interval (rows over the
-    same seeds)."""
+    peer with the fewest, with its 95% paired bootstrap interval, over the
+    seeds both rows ran."""
     lines = []
     for cluster, row in report["lj"].items():
         peers = {label: r for label, r in row.items()
@@ -371,10 +376,18 @@ def summary(report: dict) -> list[str]:
             if "ecd_share" in r:
                 text += f", ECD share {r['ecd_share']:.2f}"
             peer = row.get(best)
-            if (label.startswith("ConformerSearch") and peer is not None and ok
-                    and (peer["runs"], peer.get("first_seed", 0)) == (r["runs"], r.get("first_seed", 0))):
-                value, low, high = ratio_interval(r["calls"], peer["calls"], r["budget"])
-                text += f"; {value:.2f}x {best} (95% {low:.2f}-{high:.2f})"
+            if label.startswith("ConformerSearch") and peer is not None and ok:
+                # compared over the seeds both rows ran
+                first, peer_first = r.get("first_seed", 0), peer.get("first_seed", 0)
+                low_seed = max(first, peer_first)
+                high_seed = min(first + r["runs"], peer_first + peer["runs"])
+                ours = r["calls"][low_seed - first:high_seed - first]
+                theirs = peer["calls"][low_seed - peer_first:high_seed - peer_first]
+                both = ratio_interval(ours, theirs, r["budget"]) if high_seed > low_seed else None
+                if both is not None:
+                    value, low, high = both
+                    text += f"; {value:.2f}x {best} (95% {low:.2f}-{high:.2f}"
+                    text += ")" if len(ours) == r["runs"] else f", seeds {low_seed}-{high_seed - 1})"
             lines.append(text)
     return lines
 

@@ -84,3 +84,18 @@ def test_merged_reports_keep_seed_order_and_recount(bench):
     assert row["mean_calls"] == 20 and row["ecd_share"] == pytest.approx(0.45)
     assert merged["versions"] == {"numpy": "x"}
     assert any("3/4" in line for line in bench.summary(merged))
+    with pytest.raises(ValueError, match="overlap or leave a gap at seed 2"):
+        bench.merge_reports([part(0, [10, 20], 0.3), part(3, [30], 0.6)])
+
+
+def test_summary_compares_rows_over_the_seeds_both_ran(bench):
+    def row(first, calls):
+        return {"runs": len(calls), "first_seed": first, "budget": 1000, "calls": calls,
+                "success": sum(c is not None for c in calls), "wall_s": 1.0}
+    report = {"lj": {"LJ13": {"ConformerSearch W=1": row(0, [50, 100]),
+                              "ConformerSearch W=4": row(2, [10, 10, 10]),
+                              "scipy basinhopping": row(0, [100, 200, 20, 20])}}}
+    lines = bench.summary(report)
+    assert "0.50x scipy basinhopping (95% 0.50-0.50)" in lines[0]
+    assert "0.50x scipy basinhopping (95% 0.50-0.50, seeds 2-3)" in lines[1]
+    assert "x scipy" not in lines[2]
