@@ -387,7 +387,8 @@ def summary(report: dict) -> list[str]:
                 if both is not None:
                     value, low, high = both
                     text += f"; {value:.2f}x {best} (95% {low:.2f}-{high:.2f}"
-                    text += ")" if len(ours) == r["runs"] else f", seeds {low_seed}-{high_seed - 1})"
+                    whole = len(ours) == r["runs"] and len(theirs) == peer["runs"]
+                    text += ")" if whole else f", seeds {low_seed}-{high_seed - 1})"
             lines.append(text)
     return lines
 

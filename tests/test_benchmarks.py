@@ -96,6 +96,8 @@ def test_summary_compares_rows_over_the_seeds_both_ran(bench):
                               "ConformerSearch W=4": row(2, [10, 10, 10]),
                               "scipy basinhopping": row(0, [100, 200, 20, 20])}}}
     lines = bench.summary(report)
-    assert "0.50x scipy basinhopping (95% 0.50-0.50)" in lines[0]
+    assert "0.50x scipy basinhopping (95% 0.50-0.50, seeds 0-1)" in lines[0]
     assert "0.50x scipy basinhopping (95% 0.50-0.50, seeds 2-3)" in lines[1]
     assert "x scipy" not in lines[2]
+    report["lj"]["LJ13"]["scipy basinhopping"] = row(0, [100, 200])
+    assert "0.50x scipy basinhopping (95% 0.50-0.50)" in bench.summary(report)[0]
