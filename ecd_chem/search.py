@@ -216,13 +216,19 @@ class ConformerSearch:
         basin, whatever the kick or dE, and patience waits for a new landing
         that never comes) starts over: a fresh start drawn as the first ones
         were (``starts`` or the input rattled), quenched, then a new descent
-        from dE0. The archive keeps everything found. 0: never. Default 20
-        for clusters under 'lower', else 0 (not measured). Measured with 4
-        walkers: LJ38 (36 runs of 2e5 calls) found in 23 runs against 9
-        without (2.02e5 calls per success, failed runs' calls included,
-        against 6.63e5; 40 or 10 instead of 20 found it less often); LJ26
-        unchanged (10 573 calls against 10 584, 40 of 40 runs both), as are
-        LJ13 and LJ19.
+        from dE0 (under 'hopping' with ediff back at ``accept_above``). The
+        archive keeps everything found. 0: never. Default 20 for clusters
+        under 'lower' and 'hopping', else 0 ('archive' and molecules not
+        measured). Measured with 4 walkers under 'lower': LJ38 (36 runs of
+        2e5 calls) found in 23 runs against 9 without (2.02e5 calls per
+        success, failed runs' calls included, against 6.63e5; 40 or 10
+        instead of 20 found it less often); LJ26 unchanged (10 573 calls
+        against 10 584, 40 of 40 runs both), as are LJ13 and LJ19. With one
+        walker under 'hopping' a home can be as dead (LJ26 seed 2: from
+        ~9 000 calls on every excursion came back, dE at its cap, no minimum
+        found in the next 18 000 calls): LJ26 found in 40 of 40 runs against
+        30 (16 445 calls per success, failed runs' 1e5 included, against
+        44 480); LJ13 and LJ19 unchanged, run for run.
     accept_above: 'hopping''s starting ediff (eV; clusters 2.0 in LJ units,
         molecules 0.05). accept_rate: its factor (>= 1, default 1.1).
     home_temperature: that draw's temperature (eV; molecules 0.02, about 0.5
@@ -356,7 +362,7 @@ class ConformerSearch:
         if kick not in ("isotropic", "soft"):
             raise ValueError(f"kick must be 'isotropic' or 'soft', got {kick!r}")
         self.kick, self.kick_power = kick, int(kick_power)
-        default_restart = 20 if cluster and home_policy == "lower" else 0     # measured: see the docstring
+        default_restart = 20 if cluster and home_policy in ("lower", "hopping") else 0   # measured: see the docstring
         self.restart_after = int(default_restart if restart_after is None else restart_after)
         if self.restart_after < 0:
             raise ValueError(f"restart_after must be >= 0 (0: never), got {restart_after}")

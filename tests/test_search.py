@@ -328,40 +328,44 @@ def test_a_walker_that_moves_into_another_walkers_home_has_no_patience_left():
 
 
 @pytest.mark.parametrize("restart_after", [0, 5])
-def test_a_walker_whose_excursions_all_end_at_home_starts_over(restart_after):
+@pytest.mark.parametrize("policy, walkers", [("lower", 2), ("hopping", 1)])
+def test_a_walker_whose_excursions_all_end_at_home_starts_over(restart_after, policy, walkers):
     """restart_after=k: a walker whose last k excursions all ended at its home
-    quenches a fresh start and descends again from dE0; the archive keeps
-    everything. Off (0), walkers sit at home longer than that."""
-    search = ConformerSearch(random_cluster(13, seed=1), LennardJonesModel(), walkers=2,
-                             max_force_calls=3000, seed=1, home_policy="lower",
+    quenches a fresh start and descends again from dE0 (under 'hopping' with
+    ediff back at accept_above); the archive keeps everything. Off (0),
+    walkers sit at home longer than that."""
+    search = ConformerSearch(random_cluster(13, seed=1), LennardJonesModel(), walkers=walkers,
+                             max_force_calls=3000, seed=1, home_policy=policy,
                              restart_after=restart_after)
     seen = []
     search.attach(lambda s: seen.append((list(s.home_returns), list(s.home_index),
-                                         s.energy.tolist(), len(s.minima))))
+                                         s.energy.tolist(), len(s.minima), s.ediff.tolist())))
     result = search.run()
     longest = max(max(returns) for returns, *_ in seen)
     if not restart_after:
         assert search.restarts == 0 and longest > 5
         return
     assert result.restarts == search.restarts > 0 and longest <= restart_after
-    restarted = [(i, w) for i, (a, b) in enumerate(zip(seen, seen[1:])) for w in range(2)
+    restarted = [(i, w) for i, (a, b) in enumerate(zip(seen, seen[1:])) for w in range(walkers)
                  if a[1][w] != -1 and b[1][w] == -1]
     assert restarted, "no walker was seen starting over"
     for i, w in restarted:
         assert seen[i][0][w] == restart_after - 1 and seen[i + 1][0][w] == 0
         assert seen[i + 1][2][w] == search.excursion_energy
+        assert seen[i + 1][4][w] == search.accept_above
     assert all(a[3] <= b[3] for a, b in zip(seen, seen[1:]))
     assert result.force_calls <= 3000
 
 
-@pytest.mark.parametrize("walkers, policy, under_lower", [
-    (4, "auto", True), (1, "auto", False), (4, "hopping", False), (1, "lower", True)])
-def test_kick_memory_patience_and_restarts_default_on_for_clusters_under_lower(walkers, policy, under_lower):
-    """kick_memory 4, home_patience 40 and restart_after 20 for clusters under
-    'lower', else 0."""
+@pytest.mark.parametrize("walkers, policy, expected", [
+    (4, "auto", (4, 40, 20)), (1, "auto", (0, 0, 20)), (4, "hopping", (0, 0, 20)),
+    (1, "lower", (4, 40, 20)), (1, "archive", (0, 0, 0))])
+def test_kick_memory_patience_and_restarts_defaults_for_clusters(walkers, policy, expected):
+    """kick_memory 4 and home_patience 40 for clusters under 'lower';
+    restart_after 20 under 'lower' and 'hopping' (a lone hopping walker's
+    home can be dead too); all 0 for molecules."""
     search = ConformerSearch(random_cluster(7, seed=0), walkers=walkers, home_policy=policy)
-    assert (search.kick_memory, search.home_patience, search.restart_after) == \
-        ((4, 40, 20) if under_lower else (0, 0, 0))
+    assert (search.kick_memory, search.home_patience, search.restart_after) == expected
     molecule_search = ConformerSearch(molecule("CH3CH2OH"), EMT(), walkers=walkers,
                                       home_policy=policy)
     assert (molecule_search.kick_memory, molecule_search.home_patience,
