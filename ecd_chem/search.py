@@ -191,12 +191,19 @@ class ConformerSearch:
         hopping's acceptance (Goedecker 2004): the walker moves home to any
         minimum it lands in that lies less than its ediff above home, ediff
         starting at ``accept_above`` and divided by ``accept_rate`` on a move,
-        multiplied on a refusal. 'auto' (default): 'hopping' for one walker on
-        a cluster, 'archive' for one walker on a molecule, else 'lower' (where
-        measured, 'archive' was slower for clusters and for 4 or 8 walkers;
-        with one walker 'hopping' found LJ26 in 35 of 40 runs against 27 for
-        'lower' in session 18, 29 of 40 with the session-24 code; with 4
-        walkers it failed more often than 'lower').
+        multiplied on a refusal; each walker hops on its own, the archive
+        shared. 'auto' (default): 'hopping' for clusters, 'archive' for one
+        walker on a molecule, else 'lower' (where measured, 'archive' was
+        slower for clusters and for 4 or 8 walkers). On clusters 'hopping'
+        took over from 'lower' at 4 and 8 walkers in session 27, once
+        ``restart_after`` freed walkers at dead homes: LJ38 with 4 walkers
+        (36 runs of 2e5 calls) found in 31 runs against 22, 92 496 calls
+        per success (failed runs' 2e5 included) against 2.05e5; with 8
+        walkers in 4 of 6 against 2; LJ13, LJ19 and LJ26 at 4 walkers 6%,
+        13% and 13% fewer calls; at 8 walkers LJ13 and LJ19 the same and
+        LJ26 found in 39 of 40 runs against 40, 34% dearer (within the noise
+        of 40 runs; see benchmarks/EXPERIMENTS.md). Before the restarts, 4
+        hopping walkers failed LJ26 more often than 'lower'.
     home_patience: under 'lower', a walker whose home has not moved in this
         many excursions (each one a revisit or a higher minimum: it sits at the
         bottom of a funnel) takes the next new minimum it lands in as its home,
@@ -340,7 +347,7 @@ class ConformerSearch:
         self.energy_growth = energy_growth
         self.harvest_after = float(harvest_after)
         if home_policy == "auto":
-            home_policy = "lower" if int(walkers) > 1 else "hopping" if cluster else "archive"
+            home_policy = "hopping" if cluster else "lower" if int(walkers) > 1 else "archive"
         if home_policy not in ("lower", "archive", "hopping"):
             raise ValueError(f"home_policy must be 'auto', 'lower', 'archive' or 'hopping', "
                              f"got {home_policy!r}")

@@ -189,12 +189,12 @@ def test_checkpoint_keeps_each_minimum_s_excursion_energy_and_the_homes(ani, tmp
     assert [m.excursion_energy for m in again.minima] == [m.excursion_energy for m in first.minima]
 
 
-def test_auto_home_policy_archives_for_a_lone_walker_on_a_molecule(ani):
+def test_auto_home_policy_follows_the_kind_and_the_walker_count(ani):
     atoms = read(MOLECULES / "methoxyethanol.xyz")
     assert ConformerSearch(atoms, ani, walkers=1).home_policy == "archive"
     assert ConformerSearch(atoms, ani, walkers=4).home_policy == "lower"
     assert ConformerSearch(random_cluster(13, seed=0), walkers=1).home_policy == "hopping"
-    assert ConformerSearch(random_cluster(13, seed=0), walkers=4).home_policy == "lower"
+    assert ConformerSearch(random_cluster(13, seed=0), walkers=4).home_policy == "hopping"
 
 
 def test_hopping_accepts_a_minimum_less_than_ediff_above_home():
@@ -358,7 +358,7 @@ def test_a_walker_whose_excursions_all_end_at_home_starts_over(restart_after, po
 
 
 @pytest.mark.parametrize("walkers, policy, expected", [
-    (4, "auto", (4, 40, 20)), (1, "auto", (0, 0, 20)), (4, "hopping", (0, 0, 20)),
+    (4, "auto", (0, 0, 20)), (1, "auto", (0, 0, 20)), (4, "lower", (4, 40, 20)),
     (1, "lower", (4, 40, 20)), (1, "archive", (0, 0, 0))])
 def test_kick_memory_patience_and_restarts_defaults_for_clusters(walkers, policy, expected):
     """kick_memory 4 and home_patience 40 for clusters under 'lower';
