@@ -217,18 +217,25 @@ def test_hopping_accepts_a_minimum_less_than_ediff_above_home():
     assert float(search.ediff[0]) == pytest.approx(1.0)
 
 
-def test_hopping_walker_climbs_only_within_ediff_and_resumes_it(tmp_path):
+@pytest.mark.parametrize("walkers", [1, 3])
+def test_hopping_walker_climbs_only_within_ediff_and_resumes_it(tmp_path, walkers):
+    """Each walker hops on its own: a home rises only by less than that
+    walker's ediff, and the walkers' ediffs go their own ways."""
     atoms = random_cluster(13, seed=1)
-    kwargs = dict(walkers=1, max_force_calls=1500, seed=1, home_policy="hopping",
+    kwargs = dict(walkers=walkers, max_force_calls=1500 * walkers, seed=1,
                   checkpoint=str(tmp_path / "search.json"))
     search = ConformerSearch(atoms, LennardJonesModel(), **kwargs)
+    assert search.home_policy == "hopping"                       # the clusters' default
     seen = []
-    search.attach(lambda s: seen.append((float(s.home_f[0]), float(s.ediff[0]))))
+    search.attach(lambda s: seen.append((s.home_f.tolist(), s.ediff.tolist())))
     search.run()
-    rises = [(before, after) for before, after in zip(seen, seen[1:]) if after[0] > before[0] + 1e-9]
-    assert rises, "the walker never moved uphill"
-    for (home, ediff), (new_home, _) in rises:
+    rises = [(a[0][w], a[1][w], b[0][w]) for a, b in zip(seen, seen[1:])
+             for w in range(walkers) if b[0][w] > a[0][w] + 1e-9]
+    assert rises, "no walker ever moved uphill"
+    for home, ediff, new_home in rises:
         assert new_home - home < ediff
+    if walkers > 1:
+        assert any(len(set(ediffs)) > 1 for _, ediffs in seen), "the walkers' ediffs never differed"
     again = ConformerSearch(atoms, LennardJonesModel(), **kwargs)
     again.run()                                                   # resumes at the spent budget
     assert torch.equal(again.ediff, search.ediff) and again.home_index == search.home_index
