@@ -199,10 +199,10 @@ class ConformerSearch:
         ``restart_after`` freed walkers at dead homes: LJ38 with 4 walkers
         (36 runs of 2e5 calls) found in 31 runs against 22, 92 496 calls
         per success (failed runs' 2e5 included) against 2.05e5; with 8
-        walkers in 4 of 6 against 2; LJ13, LJ19 and LJ26 at 4 walkers 6%,
-        13% and 13% fewer calls; at 8 walkers LJ13 and LJ19 the same and
-        LJ26 found in 39 of 40 runs against 40, 34% dearer (within the noise
-        of 40 runs; see benchmarks/EXPERIMENTS.md). Before the restarts, 4
+        walkers in 8 of 12 against 6 (1.74e5 against 2.57e5); LJ13, LJ19
+        and LJ26 at 4 walkers 6%, 13% and 13% fewer calls; at 8 walkers
+        LJ13 and LJ19 the same and LJ26 28% dearer (80 runs, 78 found
+        against 80; see benchmarks/EXPERIMENTS.md). Before the restarts, 4
         hopping walkers failed LJ26 more often than 'lower'.
     home_patience: under 'lower', a walker whose home has not moved in this
         many excursions (each one a revisit or a higher minimum: it sits at the
