@@ -212,7 +212,7 @@ class ConformerSearch:
         far from the old one. A walker that moves down into a home another
         walker already holds has no patience left: two walkers at one funnel
         bottom would repeat each other's work. 0: never. Default 40 for
-        clusters under 'lower', else 0: a lone 'hopping' walker climbs out by
+        clusters under 'lower', else 0: a 'hopping' walker climbs out by
         itself, and molecules were not measured. Measured (LJ38, 4 walkers,
         18 runs of 2e5 calls): the global minimum in 6 runs without patience,
         10 with it, 12 when a shared home also spends it (1.64e5 calls per
