@@ -132,6 +132,8 @@ class SearchResult:
 class ConformerSearch:
     """Find the lowest minima of ``atoms`` with ECD walkers.
 
+    The measurements behind each default are in benchmarks/EXPERIMENTS.md.
+
     atoms: the input structure (molecule or atomic cluster).
     calculator: any ASE calculator, a BatchCalculator (ANI, LJ) or a BatchModel;
         None uses ``atoms.calc``.
@@ -155,9 +157,7 @@ class ConformerSearch:
         its path (a point lower than the steps before and after it: the walker
         has crossed into a basin), which its quench starts from; Goedecker's
         minima-hopping rule (mdmin). 0: off, the excursion runs all its steps.
-        Clusters 3 (LJ13 / LJ19 at one walker: 29% and 36% fewer calls to the
-        global minimum; see benchmarks/EXPERIMENTS.md); molecules 0 (not
-        measured on them).
+        Clusters 3, molecules 0 (not measured on them).
     harvest_after: fraction of a full-length excursion after which its lowest
         point is sought.
     kick: how an excursion's first momentum direction is drawn: 'isotropic'
@@ -175,11 +175,9 @@ class ConformerSearch:
         other than home leaves the direction from home to its end; the kicks
         from that home leave out the last ``kick_memory`` of these directions,
         so excursions stop heading back into the neighbours already found
-        (cleared when the home moves). Default 4 for clusters under 'lower'
-        (LJ26, 4 walkers: 40 of 40 runs found the global minimum against 38,
-        with 11% fewer calls), else 0 (off): under 'hopping' a refused
-        neighbour is one the walker should come back to with a larger ediff
-        (LJ26, one walker: 30 of 40 against 35), and molecules kick in
+        (cleared when the home moves). Default 4 for clusters under 'lower',
+        else 0 (off): under 'hopping' a refused neighbour is one the walker
+        should come back to with a larger ediff, and molecules kick in
         torsion space.
     home_policy: where a walker's next excursion starts. 'lower': its home,
         which moves only to a lower minimum; dE is the walker's. 'archive': the
@@ -192,18 +190,11 @@ class ConformerSearch:
         minimum it lands in that lies less than its ediff above home, ediff
         starting at ``accept_above`` and divided by ``accept_rate`` on a move,
         multiplied on a refusal; each walker hops on its own, the archive
-        shared. 'auto' (default): 'hopping' for clusters, 'archive' for one
-        walker on a molecule, else 'lower' (where measured, 'archive' was
-        slower for clusters and for 4 or 8 walkers). On clusters 'hopping'
-        took over from 'lower' at 4 and 8 walkers in session 27, once
-        ``restart_after`` freed walkers at dead homes: LJ38 with 4 walkers
-        (36 runs of 2e5 calls) found in 31 runs against 22, 92 496 calls
-        per success (failed runs' 2e5 included) against 2.05e5; with 8
-        walkers in 8 of 12 against 6 (1.74e5 against 2.57e5); LJ13, LJ19
-        and LJ26 at 4 walkers 6%, 13% and 13% fewer calls; at 8 walkers
-        LJ13 and LJ19 the same and LJ26 28% dearer (80 runs, 78 found
-        against 80; see benchmarks/EXPERIMENTS.md). Before the restarts, 4
-        hopping walkers failed LJ26 more often than 'lower'.
+        shared. 'auto' (default): 'hopping' for clusters at every walker
+        count, 'archive' for one walker on a molecule, else 'lower'. Hopping
+        walkers leave a funnel's bottom by themselves; with ``restart_after``
+        they are what brings LJ38 under 1e5 calls per success (at 8 walkers
+        LJ26 pays ~28% for it).
     home_patience: under 'lower', a walker whose home has not moved in this
         many excursions (each one a revisit or a higher minimum: it sits at the
         bottom of a funnel) takes the next new minimum it lands in as its home,
@@ -213,11 +204,7 @@ class ConformerSearch:
         walker already holds has no patience left: two walkers at one funnel
         bottom would repeat each other's work. 0: never. Default 40 for
         clusters under 'lower', else 0: a 'hopping' walker climbs out by
-        itself, and molecules were not measured. Measured (LJ38, 4 walkers,
-        18 runs of 2e5 calls): the global minimum in 6 runs without patience,
-        10 with it, 12 when a shared home also spends it (1.64e5 calls per
-        success, failed runs' calls included, against 1.95e5); LJ13, LJ19 and
-        LJ26 within the noise (LJ26 40 of 40 runs throughout).
+        itself, and molecules were not measured.
     restart_after: a walker whose last ``restart_after`` excursions all ended
         at its home (the excursions from some homes never leave the home
         basin, whatever the kick or dE, and patience waits for a new landing
@@ -225,18 +212,8 @@ class ConformerSearch:
         were (``starts`` or the input rattled), quenched, then a new descent
         from dE0 (under 'hopping' with ediff back at ``accept_above``). The
         archive keeps everything found. 0: never. Default 20 for clusters
-        under 'lower' and 'hopping', else 0 ('archive' and molecules not
-        measured). Measured with 4 walkers under 'lower': LJ38 (36 runs of
-        2e5 calls) found in 23 runs against 9 without (2.02e5 calls per
-        success, failed runs' calls included, against 6.63e5; 40 or 10
-        instead of 20 found it less often); LJ26 unchanged (10 573 calls
-        against 10 584, 40 of 40 runs both), as are LJ13 and LJ19. With one
-        walker under 'hopping' a home can be as dead (LJ26 seed 2: from
-        ~9 000 calls on every excursion came back, dE at its cap, no minimum
-        found in the next 18 000 calls): LJ26 found in 40 of 40 runs against
-        30 (16 445 calls per success, failed runs' 1e5 included, against
-        44 480), LJ38 in 26 of 36 against 0 of 6 (1.39e5 calls per success,
-        failed runs' 2e5 included); LJ13 and LJ19 unchanged, run for run.
+        under 'lower' and 'hopping' (LJ38 needs it; 10 or 40 were worse),
+        else 0 ('archive' and molecules not measured).
     accept_above: 'hopping''s starting ediff (eV; clusters 2.0 in LJ units,
         molecules 0.05). accept_rate: its factor (>= 1, default 1.1).
     home_temperature: that draw's temperature (eV; molecules 0.02, about 0.5
@@ -260,22 +237,16 @@ class ConformerSearch:
     home_radius: a quench whose atoms all lie within this distance (A) of
         where they were at the home its excursion left from (same atoms, best
         rotation) has come back home and stops there, at any force (0: off).
-        Clusters: rmsd_threshold (LJ19, one walker: 15% fewer calls to the
-        global minimum; LJ13 3%; LJ26 and LJ38 at 4 walkers unchanged; a
-        return home stops at half its full quench's steps); molecules 0 (not
-        measured).
+        Clusters: rmsd_threshold (a return home then costs half a full
+        quench); molecules 0 (not measured).
     precon: the quench's preconditioner, the L-BFGS model's initial inverse
         Hessian, from which soft-mode kicks are also taken: 'bonded' (a
         model Hessian of the input's bonds, angles and dihedrals, see
         ``dynamics.BondedPreconditioner``), 'exp' (the Exp preconditioner of
         Packwood et al., from interatomic distances alone), True (the kind's
         own: 'bonded' for molecules, 'exp' for clusters) or False (none).
-        Default: 'bonded' for molecules (1.6-2.6x fewer calls per quench
-        than 'exp' from turned torsions, 13-36% fewer calls to the lowest
-        conformer); 'exp' for clusters (with excursions ending at their third
-        dip, 4 walkers needed 33%, 53% and 19% fewer calls to the LJ13, LJ19
-        and LJ26 global minima than with neither; with full-length excursions
-        it had made 4 walkers 53% dearer on LJ26); see benchmarks/EXPERIMENTS.md.
+        Default True: 'bonded' quenches turned torsions in 1.6-2.6x fewer
+        calls than 'exp'; on clusters 'exp' beats none.
     energy_window (kcal/mol): conformers kept above the lowest.
     energy_tolerance (kcal/mol), rmsd_threshold (A): duplicates are closer in both.
     merge_top_rotamers: report once, the lowest, conformers that differ only
@@ -355,7 +326,7 @@ class ConformerSearch:
         self.home_temperature = float((0.8 if cluster else 0.02) if home_temperature is None
                                       else home_temperature)
         self.leave_at = float(leave_at)
-        default_patience = 40 if cluster and home_policy == "lower" else 0   # measured: see the docstring
+        default_patience = 40 if cluster and home_policy == "lower" else 0   # measured: EXPERIMENTS.md
         self.home_patience = int(default_patience if home_patience is None else home_patience)
         if self.home_patience < 0:
             raise ValueError(f"home_patience must be >= 0 (0: never), got {home_patience}")
@@ -370,11 +341,11 @@ class ConformerSearch:
         if kick not in ("isotropic", "soft"):
             raise ValueError(f"kick must be 'isotropic' or 'soft', got {kick!r}")
         self.kick, self.kick_power = kick, int(kick_power)
-        default_restart = 20 if cluster and home_policy in ("lower", "hopping") else 0   # measured: see the docstring
+        default_restart = 20 if cluster and home_policy in ("lower", "hopping") else 0   # measured: EXPERIMENTS.md
         self.restart_after = int(default_restart if restart_after is None else restart_after)
         if self.restart_after < 0:
             raise ValueError(f"restart_after must be >= 0 (0: never), got {restart_after}")
-        default_memory = 4 if cluster and home_policy == "lower" else 0    # measured: see the docstring
+        default_memory = 4 if cluster and home_policy == "lower" else 0    # measured: EXPERIMENTS.md
         self.kick_memory = int(default_memory if kick_memory is None else kick_memory)
         if self.kick_memory < 0:
             raise ValueError(f"kick_memory must be >= 0 (0: off), got {kick_memory}")
@@ -384,7 +355,7 @@ class ConformerSearch:
         self.hp = ecd.ECDParams(method=method, dt=dt, eta=eta, gap=gap or (4.0 if cluster else 0.5),
                                 bounce_every=bounce_every, fixed_bounces=10 ** 9,
                                 max_step=max_step)
-        if precon is None:               # measured: see the docstring
+        if precon is None:               # measured: EXPERIMENTS.md
             precon = True
         if precon is True:
             precon = "exp" if cluster else "bonded"
