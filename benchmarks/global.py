@@ -414,7 +414,8 @@ def main():
     parser.add_argument("--walkers", type=int, nargs="*", default=[4],
                         help="ConformerSearch walker counts for the clusters; give none to run only the peers")
     parser.add_argument("--peers", nargs="*", default=["scipy", "ase"],
-                        help="scipy, ase (both ASE methods), ase-bh, ase-mh; give none to skip")
+                        choices=["scipy", "ase", "ase-bh", "ase-mh"],
+                        help="ase runs both ASE methods; give none to skip the peers")
     parser.add_argument("--molecules", nargs="*", default=MOLECULES)
     parser.add_argument("--etkdg", type=int, default=1000)
     parser.add_argument("--molecule-budget", type=int, default=5000)
