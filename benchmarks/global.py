@@ -173,11 +173,13 @@ def run_ecd(n, seed, target, budget, walkers, settings=None):
     return model.hit, archived[0] if archived else None, result
 
 
-def lj_benchmark(sizes, seeds, walker_counts, peers, seeds_large, settings=None, first_seed=0):
+def lj_benchmark(sizes, seeds, walker_counts, peers, seeds_large, settings=None, first_seed=0,
+                 budget=None):
     targets = lj_targets()
     table = {}
+    fixed_budget = budget
     for n in sizes:
-        budget = BUDGET.get(n, 100_000)
+        budget = fixed_budget or BUDGET.get(n, 100_000)
         row = {}
         shares = {}                     # label -> ECD-step share of each run's force calls
         archived = {}                   # label -> calls when a quench archived the minimum
@@ -309,18 +311,20 @@ def per_success(calls, budget):
     return sum(budget if c is None else c for c in calls) / found if found else None
 
 
-def ratio_interval(ours, peer, budget, draws=2000, seed=0):
+def ratio_interval(ours, peer, budget, draws=2000, seed=0, peer_budget=None):
     """Ratio of calls per success (``per_success``), ours over the peer's, with
     a 95% paired bootstrap interval: ``ours[i]`` and ``peer[i]`` are the runs
-    from the same seed (None: not found, ``budget`` calls spent), and a draw
-    resamples seeds. Returns (ratio, low, high); None where a side found nothing."""
+    from the same seed (None: not found, ``budget`` calls spent; the peer's
+    ``peer_budget``, if it ran on another), and a draw resamples seeds.
+    Returns (ratio, low, high); None where a side found nothing."""
     ours, peer = list(ours), list(peer)
+    peer_budget = budget if peer_budget is None else peer_budget
     if len(ours) != len(peer):
         raise ValueError(f"paired runs differ in number: {len(ours)} and {len(peer)}")
 
     def ratio(rows):
         a = per_success([ours[i] for i in rows], budget)
-        b = per_success([peer[i] for i in rows], budget)
+        b = per_success([peer[i] for i in rows], peer_budget)
         return a / b if a is not None and b is not None else None
     whole = ratio(range(len(ours)))
     if whole is None:
@@ -335,7 +339,7 @@ def merge_reports(reports: list[dict]) -> dict:
     """One cluster report from several (``--first-seed`` splits of one table):
     each row's runs put in seed order, its means recomputed; the versions and
     machine of the first report that has them. A row whose seeds overlap or
-    leave a gap raises ValueError."""
+    leave a gap, or whose parts ran on different budgets, raises ValueError."""
     merged = {"lj": {}}
     for report in reports:
         for key in ("versions", "machine"):
@@ -348,6 +352,9 @@ def merge_reports(reports: list[dict]) -> dict:
         for label, parts in row.items():
             parts.sort(key=lambda r: r.get("first_seed", 0))
             for before, after in zip(parts, parts[1:]):
+                if before["budget"] != after["budget"]:
+                    raise ValueError(f"{cluster} {label}: the reports' budgets differ "
+                                     f"({before['budget']} and {after['budget']})")
                 if before.get("first_seed", 0) + before["runs"] != after.get("first_seed", 0):
                     raise ValueError(f"{cluster} {label}: the reports' seeds overlap or leave a gap "
                                      f"at seed {before.get('first_seed', 0) + before['runs']}")
@@ -393,7 +400,8 @@ def summary(report: dict) -> list[str]:
                 high_seed = min(first + r["runs"], peer_first + peer["runs"])
                 ours = r["calls"][low_seed - first:high_seed - first]
                 theirs = peer["calls"][low_seed - peer_first:high_seed - peer_first]
-                both = ratio_interval(ours, theirs, r["budget"]) if high_seed > low_seed else None
+                both = (ratio_interval(ours, theirs, r["budget"], peer_budget=peer["budget"])
+                        if high_seed > low_seed else None)
                 if both is not None:
                     value, low, high = both
                     text += f"; {value:.2f}x {best} (95% {low:.2f}-{high:.2f}"
@@ -411,6 +419,8 @@ def main():
     parser.add_argument("--seeds-large", type=int, default=2, help="runs for LJ26 and LJ38")
     parser.add_argument("--first-seed", type=int, default=0,
                         help="cluster seeds run are first, first + 1, ... (split a long run)")
+    parser.add_argument("--budget", type=int,
+                        help="force calls per cluster run, every size and method (default: BUDGET by size)")
     parser.add_argument("--walkers", type=int, nargs="*", default=[4],
                         help="ConformerSearch walker counts for the clusters; give none to run only the peers")
     parser.add_argument("--peers", nargs="*", default=["scipy", "ase"],
@@ -438,12 +448,14 @@ def main():
         if args.json:
             pathlib.Path(args.json).write_text(json.dumps(report, indent=1))
         return
+    if args.budget is not None and args.budget < 2:
+        parser.error(f"--budget must be at least 2 force calls, got {args.budget}")
     settings = dict(parse_setting(item) for item in args.set)
     reference = (json.loads(pathlib.Path(args.reference).read_text())["molecules"]
                  if args.reference else None)
     t0 = time.time()
     report = {"lj": lj_benchmark(args.lj, args.seeds, args.walkers, args.peers,
-                                 args.seeds_large, settings, args.first_seed)}
+                                 args.seeds_large, settings, args.first_seed, args.budget)}
     report["molecules"] = molecule_benchmark(args.molecules, args.etkdg, args.molecule_budget,
                                              args.molecule_walkers, args.molecule_seeds, reference,
                                              settings, args.molecule_first_seed)

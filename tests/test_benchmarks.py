@@ -69,6 +69,8 @@ def test_ratio_interval_pairs_runs_by_seed(bench):
     assert bench.ratio_interval([None] * 8, peer, 10_000) is None
     with pytest.raises(ValueError, match="paired"):
         bench.ratio_interval(peer[:4], peer, 10_000)
+    # each side's failed runs count at its own budget
+    assert bench.ratio_interval([100, 100], [None, 100], 1000, peer_budget=300)[0] == 0.25
 
 
 def test_merged_reports_keep_seed_order_and_recount(bench):
@@ -86,6 +88,10 @@ def test_merged_reports_keep_seed_order_and_recount(bench):
     assert any("3/4" in line for line in bench.summary(merged))
     with pytest.raises(ValueError, match="overlap or leave a gap at seed 2"):
         bench.merge_reports([part(0, [10, 20], 0.3), part(3, [30], 0.6)])
+    longer = part(2, [30, 150], 0.6)
+    longer["lj"]["LJ13"]["ConformerSearch W=1"]["budget"] = 1000
+    with pytest.raises(ValueError, match="budgets differ"):
+        bench.merge_reports([part(0, [10, 20], 0.3), longer])
 
 
 def test_summary_compares_rows_over_the_seeds_both_ran(bench):
@@ -101,3 +107,10 @@ def test_summary_compares_rows_over_the_seeds_both_ran(bench):
     assert "x scipy" not in lines[2]
     report["lj"]["LJ13"]["scipy basinhopping"] = row(0, [100, 200])
     assert "0.50x scipy basinhopping (95% 0.50-0.50)" in bench.summary(report)[0]
+
+
+def test_budget_option_sets_every_runs_budget(bench):
+    table = bench.lj_benchmark([13], 1, [1], [], 1, budget=40)
+    row = table["LJ13"]["ConformerSearch W=1"]
+    assert row["budget"] == 40 and row["runs"] == 1
+    assert row["calls"][0] is None or row["calls"][0] <= 40
