@@ -499,6 +499,38 @@ def soft_directions(s, y, power: int = 3, fallback: float = 1.0, precon=False):
     return draw
 
 
+def surface_directions(directions, probability: float, reach: float = 1.3):
+    """A ``directions(x, rng)`` that, for each walker with probability
+    ``probability``, puts the whole push on one of its least-coordinated atoms
+    (neighbours closer than ``reach`` x the shortest interatomic distance),
+    along a random direction tangent to the cluster there (the component along
+    the atom's offset from the centroid removed), rigid motions removed; the
+    other walkers draw with ``directions``. The atom rolls over the surface into
+    another site: the move by which a cluster's low minima often differ, where
+    a soft collective mode only shakes the whole cluster. No force calls.
+    """
+    def draw(x, rng):
+        d = directions(x, rng)
+        W, N, _ = x.shape
+        chosen = torch.rand(W, generator=rng, dtype=x.dtype, device=x.device) < probability
+        if not bool(chosen.any()):
+            return d
+        dist = torch.cdist(x, x) + torch.diag(torch.full((N,), math.inf, dtype=x.dtype,
+                                                         device=x.device))
+        shortest = dist.flatten(1).amin(1)
+        coordination = (dist < reach * shortest[:, None, None]).sum(-1)          # (W, N)
+        least = (coordination == coordination.amin(1, keepdim=True)).to(x.dtype)
+        atom = torch.multinomial(least, 1, generator=rng).squeeze(1)              # (W,)
+        rows = torch.arange(W, device=x.device)
+        radial = _unit(x[rows, atom] - x.mean(1))                                 # (W, 3)
+        v = torch.randn(W, 3, generator=rng, dtype=x.dtype, device=x.device)
+        v = v - (v * radial).sum(-1, keepdim=True) * radial
+        push = torch.zeros_like(x)
+        push[rows, atom] = v
+        return torch.where(chosen[:, None, None], rigid_free(x, push), d)
+    return draw
+
+
 def avoiding(directions, avoid):
     """A ``directions(x, rng)`` that draws with ``directions`` and then removes
     from walker i's direction its components along ``avoid[i]``, a list of

@@ -179,6 +179,11 @@ class ConformerSearch:
         else 0 (off): under 'hopping' a refused neighbour is one the walker
         should come back to with a larger ediff, and molecules kick in
         torsion space.
+    surface_kicks: clusters only; the probability that an excursion's first
+        push goes, instead, wholly to one of the home's least-coordinated atoms
+        (neighbours within 1.3x the shortest distance), tangent to the cluster
+        there: that atom rolls over the surface into another site (see
+        ``dynamics.surface_directions``). Default 0 (off).
     home_policy: where a walker's next excursion starts. 'lower': its home,
         which moves only to a lower minimum; dE is the walker's. 'archive': the
         same, but dE belongs to the home minimum and, once it has grown to
@@ -270,7 +275,7 @@ class ConformerSearch:
                  torsion_dt=0.9, torsion_max_step=0.35, home_policy="auto", home_temperature=None,
                  leave_at=4.0, home_patience=None, accept_above=None, accept_rate=1.1, method="bbi",
                  eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_memory=None,
-                 kick_torsions=1, restart_after=None,
+                 kick_torsions=1, surface_kicks=None, restart_after=None,
                  top_weight=0.3,
                  quench_fmax=None, screen_fmax=None, revisit_fmax=None, revisit_rmsd=None,
                  home_radius=None, quench_steps=500, precon=None,
@@ -341,6 +346,12 @@ class ConformerSearch:
         if kick not in ("isotropic", "soft"):
             raise ValueError(f"kick must be 'isotropic' or 'soft', got {kick!r}")
         self.kick, self.kick_power = kick, int(kick_power)
+        self.surface_kicks = float(0.0 if surface_kicks is None else surface_kicks)
+        if not 0 <= self.surface_kicks <= 1:
+            raise ValueError(f"surface_kicks must be a probability in [0, 1], got {surface_kicks}")
+        if self.surface_kicks and not cluster:
+            raise ValueError("surface_kicks is for atomic clusters (kind='cluster'): a molecule's "
+                             "least-coordinated atoms are its hydrogens")
         default_restart = 20 if cluster and home_policy in ("lower", "hopping") else 0   # measured: EXPERIMENTS.md
         self.restart_after = int(default_restart if restart_after is None else restart_after)
         if self.restart_after < 0:
@@ -567,15 +578,16 @@ class ConformerSearch:
         self.dips[idx] = 0
 
     def _directions(self, rows):
-        """How walkers ``rows`` draw new momentum directions (see ``kick`` and
-        ``kick_memory``)."""
+        """How walkers ``rows`` draw new momentum directions (see ``kick``,
+        ``kick_memory`` and ``surface_kicks``)."""
         if not isinstance(self.space, CartesianSpace):
             return ecd.isotropic if self.kick == "isotropic" else self.torsion_kick
         draw = (ecd.isotropic if self.kick == "isotropic" else
                 ecd.soft_directions(self.home_s[rows], self.home_y[rows], self.kick_power,
                                     precon=self.qp.precon))
         exits = [self.known_exits[w] for w in rows]
-        return ecd.avoiding(draw, exits) if any(exits) else draw
+        draw = ecd.avoiding(draw, exits) if any(exits) else draw
+        return ecd.surface_directions(draw, self.surface_kicks) if self.surface_kicks else draw
 
     def _start_quenches(self, rows: list[int], x, f, g):
         if not rows:

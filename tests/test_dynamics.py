@@ -433,6 +433,29 @@ def test_soft_directions_follow_the_softest_mode_of_the_model():
                           iso / iso.flatten(1).norm(dim=1)[:, None, None], atol=1e-12)
 
 
+def test_surface_directions_push_the_least_coordinated_atom_along_the_surface():
+    """An icosahedron with one atom on top of a vertex: that adatom (one
+    neighbour) takes the push, tangent to the cluster; at probability 0 the
+    base directions come through unchanged."""
+    from ase.cluster import Icosahedron
+    core = torch.tensor(Icosahedron("Ar", 2).positions)
+    core = core - core.mean(0)
+    vertex = core[core.norm(dim=1).argmax()]
+    nearest = torch.pdist(core).min()
+    top = vertex + nearest * vertex / vertex.norm()
+    x = torch.cat([core, top[None]])[None].expand(16, -1, -1).contiguous()
+    d = ecd.surface_directions(ecd.isotropic, 1.0)(x, torch.Generator().manual_seed(0))
+    norms = d.norm(dim=-1)                                                # (16, 14)
+    assert (norms.argmax(1) == 13).all()
+    assert (norms[:, 13] > 3 * norms[:, :13].amax(1)).all()
+    radial = (top - x[0].mean(0)) / (top - x[0].mean(0)).norm()
+    assert (d[:, 13] @ radial).abs().max() < 1e-9 * norms[:, 13].min()
+    assert len({tuple(v.tolist()) for v in d[:, 13].round(decimals=6)}) == 16   # random directions
+    base = ecd.isotropic(x, torch.Generator().manual_seed(3))
+    same = ecd.surface_directions(ecd.isotropic, 0.0)(x, torch.Generator().manual_seed(3))
+    assert torch.equal(same, base)
+
+
 def test_sparse_directions_put_the_momentum_on_count_coordinates_drawn_by_weight():
     weights = torch.tensor([1.0, 0.0, 1.0, 0.3, 1.0])
     x = torch.zeros(400, 5, 1, dtype=torch.float64)

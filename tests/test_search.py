@@ -791,10 +791,17 @@ def test_failing_walker_is_restarted_and_the_search_goes_on():
     (dict(kick_memory=-1), "kick_memory"),
     (dict(home_patience=-1), "home_patience"),
     (dict(restart_after=-1), "restart_after"),
+    (dict(surface_kicks=1.5), "surface_kicks"),
+    (dict(surface_kicks=-0.1), "surface_kicks"),
 ])
 def test_bad_search_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ConformerSearch(random_cluster(7, seed=0), **kwargs)
+
+
+def test_surface_kicks_are_refused_for_a_molecule():
+    with pytest.raises(ValueError, match="surface_kicks is for atomic clusters"):
+        ConformerSearch(molecule("CH3CH2OH"), EMT(), surface_kicks=0.5)
 
 
 def test_one_atom_is_rejected():
