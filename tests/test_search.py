@@ -799,6 +799,26 @@ def test_bad_search_settings(kwargs, match):
         ConformerSearch(random_cluster(7, seed=0), **kwargs)
 
 
+@pytest.mark.parametrize("surface_kicks, concentrated", [(1.0, True), (0.0, False)])
+def test_surface_kicks_put_an_excursions_first_push_on_one_atom(surface_kicks, concentrated):
+    """One step into each excursion, the momentum still sits where the kick put
+    it: on one least-coordinated atom with surface_kicks=1, spread over the
+    cluster's soft modes without."""
+    shares = []
+
+    def look(search):
+        if bool(search.exploring[0]) and int(search.walkers.steps[0]) == 1:
+            p = search.walkers.p[0].norm(dim=-1) ** 2
+            shares.append(float(p.max() / p.sum()))
+    search = ConformerSearch(random_cluster(13, seed=0), LennardJonesModel(), walkers=1,
+                             max_force_calls=600, seed=0, surface_kicks=surface_kicks)
+    search.attach(look)
+    search.run()
+    assert len(shares) >= 5
+    # removing the rigid motions leaves ~80% of |p|^2 on the pushed atom of an icosahedron
+    assert (min(shares) > 0.7) if concentrated else (max(shares) < 0.5)
+
+
 def test_surface_kicks_are_refused_for_a_molecule():
     with pytest.raises(ValueError, match="surface_kicks is for atomic clusters"):
         ConformerSearch(molecule("CH3CH2OH"), EMT(), surface_kicks=0.5)
