@@ -219,6 +219,12 @@ class ConformerSearch:
         archive keeps everything found. 0: never. Default 20 for clusters
         under 'lower' and 'hopping' (LJ38 needs it; 10 or 40 were worse),
         else 0 ('archive' and molecules not measured).
+    restart_stalled: a walker whose lowest home since its last start has not
+        improved in this many landings starts over as ``restart_after`` does
+        (a walker that keeps landing in new minima above its best never piles
+        up the returns home that ``restart_after`` counts). 0 (default): never.
+        With ``surface_kicks`` it keeps LJ38's runs (benchmarks/EXPERIMENTS.md,
+        session 33).
     accept_above: 'hopping''s starting ediff (eV; clusters 2.0 in LJ units,
         molecules 0.05). accept_rate: its factor (>= 1, default 1.1).
     home_temperature: that draw's temperature (eV; molecules 0.02, about 0.5
@@ -275,7 +281,7 @@ class ConformerSearch:
                  torsion_dt=0.9, torsion_max_step=0.35, home_policy="auto", home_temperature=None,
                  leave_at=4.0, home_patience=None, accept_above=None, accept_rate=1.1, method="bbi",
                  eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_memory=None,
-                 kick_torsions=1, surface_kicks=None, restart_after=None,
+                 kick_torsions=1, surface_kicks=None, restart_after=None, restart_stalled=0,
                  top_weight=0.3,
                  quench_fmax=None, screen_fmax=None, revisit_fmax=None, revisit_rmsd=None,
                  home_radius=None, quench_steps=500, precon=None,
@@ -356,6 +362,9 @@ class ConformerSearch:
         self.restart_after = int(default_restart if restart_after is None else restart_after)
         if self.restart_after < 0:
             raise ValueError(f"restart_after must be >= 0 (0: never), got {restart_after}")
+        self.restart_stalled = int(restart_stalled)
+        if self.restart_stalled < 0:
+            raise ValueError(f"restart_stalled must be >= 0 (0: never), got {restart_stalled}")
         default_memory = 4 if cluster and home_policy == "lower" else 0    # measured: EXPERIMENTS.md
         self.kick_memory = int(default_memory if kick_memory is None else kick_memory)
         if self.kick_memory < 0:
@@ -537,6 +546,8 @@ class ConformerSearch:
         self.known_exits = [[] for _ in range(self.W)]
         self.stale = [0] * self.W             # excursions since the walker's home last moved
         self.home_returns = [0] * self.W      # excursions in a row that ended at home
+        self.own_lowest = [math.inf] * self.W  # each walker's lowest home since its last start
+        self.stalled = [0] * self.W           # landings since that last improved
         self._fresh_path()
 
     def _fresh_path(self):
@@ -642,6 +653,14 @@ class ConformerSearch:
         """Walker w's excursion ended in minimum ``index``: one more in a row at home, or none."""
         self.home_returns[w] = self.home_returns[w] + 1 if index == self.home_index[w] else 0
 
+    def _count_stall(self, w: int):
+        """Walker w landed: one more landing without a new lowest home of its own, or none."""
+        home = float(self.home_f[w])
+        if home < self.own_lowest[w] - 1e-9:
+            self.own_lowest[w], self.stalled[w] = home, 0
+        else:
+            self.stalled[w] += 1
+
     def _restart(self, rows: list[int]) -> list[int]:
         """Walkers ``rows`` start over from a fresh start drawn as at the
         beginning (a start structure, or the input rattled by ``start_rattle``):
@@ -667,7 +686,8 @@ class ConformerSearch:
             self.energy[w] = self.excursion_energy
             self.ediff[w] = self.accept_above
             self.known_exits[w] = []
-            self.stale[w] = self.home_returns[w] = 0
+            self.stale[w] = self.home_returns[w] = self.stalled[w] = 0
+            self.own_lowest[w] = math.inf
             self.restarts += 1
         return [w for w, good in zip(rows, ok.tolist()) if not good]
 
@@ -881,8 +901,11 @@ class ConformerSearch:
             if ended:
                 idx = torch.tensor(ended)
                 self._start_quenches(ended, harvest_x[idx], harvest_f[idx], harvest_g[idx])
+            for w in settled:
+                self._count_stall(w)
             dead = [w for w in settled
-                    if self.restart_after and self.home_returns[w] >= self.restart_after]
+                    if (self.restart_after and self.home_returns[w] >= self.restart_after)
+                    or (self.restart_stalled and self.stalled[w] >= self.restart_stalled)]
             kept = self._restart(dead)
             self._start_excursions([w for w in settled + failed_rows
                                     if w not in dead or w in kept])
@@ -997,6 +1020,7 @@ class ConformerSearch:
             "home_s": self.home_s.tolist(), "home_y": self.home_y.tolist(),
             "known_exits": [[d.tolist() for d in exits] for exits in self.known_exits],
             "stale": self.stale, "home_returns": self.home_returns, "restarts": self.restarts,
+            "own_lowest": self.own_lowest, "stalled": self.stalled,
             **{name: getattr(self, name).tolist()
                for name in ("cart", "cart_g", "best_cart", "best_cart_g",
                             "before_last_f", "dips")},
@@ -1031,6 +1055,8 @@ class ConformerSearch:
                             for exits in data.get("known_exits", [[]] * self.W)]
         self.stale = list(data.get("stale", [0] * self.W))
         self.home_returns = list(data.get("home_returns", [0] * self.W))
+        self.own_lowest = list(data.get("own_lowest", [math.inf] * self.W))
+        self.stalled = list(data.get("stalled", [0] * self.W))
         self.restarts = data.get("restarts", 0)
         self.walkers = ecd.ECDState.from_dict(data["ecd"])
         self.rng = self.walkers.rng

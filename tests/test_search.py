@@ -364,6 +364,33 @@ def test_a_walker_whose_excursions_all_end_at_home_starts_over(restart_after, po
     assert result.force_calls <= 3000
 
 
+@pytest.mark.parametrize("stall", [0, 6])
+def test_a_walker_whose_own_lowest_home_stalls_starts_over(stall, tmp_path):
+    """restart_stalled=k: a walker whose lowest home since its last start has
+    not improved in k landings starts over (restart_after off here, so these
+    are the only restarts); off, none does. A checkpoint keeps the counts."""
+    kwargs = dict(walkers=2, max_force_calls=3000, seed=1, restart_after=0,
+                  restart_stalled=stall, checkpoint=str(tmp_path / "search.json"))
+    search = ConformerSearch(random_cluster(13, seed=1), LennardJonesModel(), **kwargs)
+    seen = []
+    search.attach(lambda s: seen.append((list(s.stalled), list(s.home_index), list(s.own_lowest))))
+    result = search.run()
+    if not stall:
+        assert result.restarts == 0 and max(max(n) for n, *_ in seen) > 6
+        return
+    assert result.restarts > 0 and max(max(n) for n, *_ in seen) <= stall
+    restarted = [(i, w) for i, (a, b) in enumerate(zip(seen, seen[1:])) for w in range(2)
+                 if a[1][w] != -1 and b[1][w] == -1]
+    assert restarted, "no walker was seen starting over"
+    for i, w in restarted:
+        assert seen[i][0][w] == stall - 1 and seen[i + 1][0][w] == 0
+        assert seen[i + 1][2][w] == float("inf")
+    assert result.force_calls <= 3000
+    again = ConformerSearch(random_cluster(13, seed=1), LennardJonesModel(), **kwargs)
+    again.run()                                                   # resumes at the spent budget
+    assert (again.stalled, again.own_lowest) == (search.stalled, search.own_lowest)
+
+
 @pytest.mark.parametrize("walkers, policy, expected", [
     (4, "auto", (0, 0, 20)), (1, "auto", (0, 0, 20)), (4, "lower", (4, 40, 20)),
     (1, "lower", (4, 40, 20)), (1, "archive", (0, 0, 0))])
@@ -791,6 +818,7 @@ def test_failing_walker_is_restarted_and_the_search_goes_on():
     (dict(kick_memory=-1), "kick_memory"),
     (dict(home_patience=-1), "home_patience"),
     (dict(restart_after=-1), "restart_after"),
+    (dict(restart_stalled=-1), "restart_stalled"),
     (dict(surface_kicks=1.5), "surface_kicks"),
     (dict(surface_kicks=-0.1), "surface_kicks"),
 ])
