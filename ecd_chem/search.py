@@ -223,7 +223,8 @@ class ConformerSearch:
         improved in this many landings starts over as ``restart_after`` does
         (a walker that keeps landing in new minima above its best never piles
         up the returns home that ``restart_after`` counts). 0 (default): never.
-        With ``surface_kicks`` it keeps LJ38's runs (benchmarks/EXPERIMENTS.md,
+        With ``surface_kicks`` at 40 it won back some of the LJ38 runs those
+        lose (14 of 18 against 10; the default finds 17; benchmarks/EXPERIMENTS.md,
         session 33).
     accept_above: 'hopping''s starting ediff (eV; clusters 2.0 in LJ units,
         molecules 0.05). accept_rate: its factor (>= 1, default 1.1).
