@@ -65,6 +65,8 @@ from .structures import (KCAL_PER_MOL, InputError, check_atoms, atomic_write, bo
                          write_ensemble)
 
 CHECKPOINT_VERSION = 1
+# clusters of at least this many atoms get surface kicks by default (LJ19: a wash; LJ13: a loss)
+SURFACE_KICKS_FROM = 20
 
 
 @dataclass
@@ -183,7 +185,11 @@ class ConformerSearch:
         push goes, instead, wholly to one of the home's least-coordinated atoms
         (neighbours within 1.3x the shortest distance), tangent to the cluster
         there: that atom rolls over the surface into another site (see
-        ``dynamics.surface_directions``). Default 0 (off).
+        ``dynamics.surface_directions``). Default 0.5 for clusters of at
+        least ``SURFACE_KICKS_FROM`` (20) atoms, else 0 (off): on LJ26 they
+        cut the calls per success to a fifth, on LJ38 (with
+        ``restart_stalled``) by ~13%; on LJ19 they changed nothing and on
+        LJ13, one shell around one atom, they cost ~1.3x.
     home_policy: where a walker's next excursion starts. 'lower': its home,
         which moves only to a lower minimum; dE is the walker's. 'archive': the
         same, but dE belongs to the home minimum and, once it has grown to
@@ -222,10 +228,10 @@ class ConformerSearch:
     restart_stalled: a walker whose lowest home since its last start has not
         improved in this many landings starts over as ``restart_after`` does
         (a walker that keeps landing in new minima above its best never piles
-        up the returns home that ``restart_after`` counts). 0 (default): never.
-        With ``surface_kicks`` at 40 it won back some of the LJ38 runs those
-        lose (14 of 18 against 10; the default finds 17; benchmarks/EXPERIMENTS.md,
-        session 33).
+        up the returns home that ``restart_after`` counts). 0: never. Default
+        40 where ``surface_kicks`` is on, else 0: surface-kicked walkers keep
+        landing in new minima, and without it LJ38 lost runs (10 of 18 found
+        it against 14 with it; benchmarks/EXPERIMENTS.md, sessions 33-34).
     accept_above: 'hopping''s starting ediff (eV; clusters 2.0 in LJ units,
         molecules 0.05). accept_rate: its factor (>= 1, default 1.1).
     home_temperature: that draw's temperature (eV; molecules 0.02, about 0.5
@@ -282,7 +288,7 @@ class ConformerSearch:
                  torsion_dt=0.9, torsion_max_step=0.35, home_policy="auto", home_temperature=None,
                  leave_at=4.0, home_patience=None, accept_above=None, accept_rate=1.1, method="bbi",
                  eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_memory=None,
-                 kick_torsions=1, surface_kicks=None, restart_after=None, restart_stalled=0,
+                 kick_torsions=1, surface_kicks=None, restart_after=None, restart_stalled=None,
                  top_weight=0.3,
                  quench_fmax=None, screen_fmax=None, revisit_fmax=None, revisit_rmsd=None,
                  home_radius=None, quench_steps=500, precon=None,
@@ -353,7 +359,10 @@ class ConformerSearch:
         if kick not in ("isotropic", "soft"):
             raise ValueError(f"kick must be 'isotropic' or 'soft', got {kick!r}")
         self.kick, self.kick_power = kick, int(kick_power)
-        self.surface_kicks = float(0.0 if surface_kicks is None else surface_kicks)
+        # a surface atom rolls over a core into another site; a cluster of a
+        # single shell (LJ13) has no such move to make (measured: EXPERIMENTS.md)
+        default_surface = 0.5 if cluster and len(atoms) >= SURFACE_KICKS_FROM else 0.0
+        self.surface_kicks = float(default_surface if surface_kicks is None else surface_kicks)
         if not 0 <= self.surface_kicks <= 1:
             raise ValueError(f"surface_kicks must be a probability in [0, 1], got {surface_kicks}")
         if self.surface_kicks and not cluster:
@@ -363,7 +372,9 @@ class ConformerSearch:
         self.restart_after = int(default_restart if restart_after is None else restart_after)
         if self.restart_after < 0:
             raise ValueError(f"restart_after must be >= 0 (0: never), got {restart_after}")
-        self.restart_stalled = int(restart_stalled)
+        # surface-kicked walkers keep landing in new minima, so restart_after rarely fires
+        self.restart_stalled = int((40 if self.surface_kicks else 0) if restart_stalled is None
+                                   else restart_stalled)
         if self.restart_stalled < 0:
             raise ValueError(f"restart_stalled must be >= 0 (0: never), got {restart_stalled}")
         default_memory = 4 if cluster and home_policy == "lower" else 0    # measured: EXPERIMENTS.md

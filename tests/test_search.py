@@ -847,6 +847,40 @@ def test_surface_kicks_put_an_excursions_first_push_on_one_atom(surface_kicks, c
     assert (min(shares) > 0.7) if concentrated else (max(shares) < 0.5)
 
 
+@pytest.mark.parametrize("atoms, settings, expected", [
+    (random_cluster(26, seed=0), {}, (0.5, 40)),
+    (random_cluster(20, seed=0), {}, (0.5, 40)),
+    (random_cluster(19, seed=0), {}, (0.0, 0)),
+    (random_cluster(13, seed=0), {}, (0.0, 0)),
+    (random_cluster(26, seed=0), dict(surface_kicks=0), (0.0, 0)),
+    (random_cluster(26, seed=0), dict(restart_stalled=0), (0.5, 0)),
+    (random_cluster(13, seed=0), dict(surface_kicks=0.25), (0.25, 40)),
+    (molecule("CH3CH2OH"), {}, (0.0, 0)),
+])
+def test_surface_kicks_and_stall_restarts_default_on_for_clusters_of_20_atoms_or_more(
+        atoms, settings, expected):
+    calc = EMT() if len(set(atoms.numbers)) > 1 else LennardJonesModel()
+    search = ConformerSearch(atoms, calc, **settings)
+    assert (search.surface_kicks, search.restart_stalled) == expected
+
+
+def test_a_large_clusters_default_search_mixes_surface_and_soft_kicks():
+    """LJ26 with the defaults: some excursions start with the push on one atom,
+    others spread over the soft modes."""
+    shares = []
+
+    def look(search):
+        for w in range(search.W):
+            if bool(search.exploring[w]) and int(search.walkers.steps[w]) == 1:
+                p = search.walkers.p[w].norm(dim=-1) ** 2
+                shares.append(float(p.max() / p.sum()))
+    search = ConformerSearch(random_cluster(26, seed=0), LennardJonesModel(), walkers=2,
+                             max_force_calls=1500, seed=0)
+    search.attach(look)
+    search.run()
+    assert max(shares) > 0.7 and min(shares) < 0.5
+
+
 def test_surface_kicks_are_refused_for_a_molecule():
     with pytest.raises(ValueError, match="surface_kicks is for atomic clusters"):
         ConformerSearch(molecule("CH3CH2OH"), EMT(), surface_kicks=0.5)
