@@ -233,6 +233,12 @@ class ConformerSearch:
         40 where ``surface_kicks`` is on, else 0: surface-kicked walkers keep
         landing in new minima, and without it LJ38 lost runs (10 of 18 found
         it against 14 with it; benchmarks/EXPERIMENTS.md, sessions 33-34).
+    restart_from: where a walker that starts over (``restart_after``,
+        ``restart_stalled``) starts: 'start' (default), as the first walkers
+        did (``starts``, or the input rattled); 'sphere' (clusters searched
+        from the input alone), a fresh random cluster in the ball the input
+        fills, so that a walker restarted from a trapped run leaves that
+        run's region of configuration space.
     accept_above: 'hopping''s starting ediff (eV; clusters 2.0 in LJ units,
         molecules 0.05). accept_rate: its factor (>= 1, default 1.1).
     home_temperature: that draw's temperature (eV; molecules 0.02, about 0.5
@@ -290,7 +296,7 @@ class ConformerSearch:
                  leave_at=4.0, home_patience=None, accept_above=None, accept_rate=1.1, method="bbi",
                  eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_memory=None,
                  kick_torsions=1, surface_kicks=None, restart_after=None, restart_stalled=None,
-                 top_weight=0.3,
+                 restart_from="start", top_weight=0.3,
                  quench_fmax=None, screen_fmax=None, revisit_fmax=None, revisit_rmsd=None,
                  home_radius=None, quench_steps=500, precon=None,
                  refine_fmax=None,
@@ -378,6 +384,12 @@ class ConformerSearch:
                                    else restart_stalled)
         if self.restart_stalled < 0:
             raise ValueError(f"restart_stalled must be >= 0 (0: never), got {restart_stalled}")
+        if restart_from not in ("start", "sphere"):
+            raise ValueError(f"restart_from must be 'start' or 'sphere', got {restart_from!r}")
+        if restart_from == "sphere" and (not cluster or starts):
+            raise ValueError("restart_from='sphere' is for atomic clusters searched from the "
+                             "input alone (kind='cluster', no starts)")
+        self.restart_from = restart_from
         default_memory = 4 if cluster and home_policy == "lower" else 0    # measured: EXPERIMENTS.md
         self.kick_memory = int(default_memory if kick_memory is None else kick_memory)
         if self.kick_memory < 0:
@@ -684,6 +696,8 @@ class ConformerSearch:
         if self.starts:
             picks = torch.randint(len(self.starts), (len(rows),), generator=self.rng).tolist()
             x = torch.tensor(np.stack([self.starts[i].positions for i in picks]))
+        elif self.restart_from == "sphere":
+            x = torch.stack([self._random_cluster() for _ in rows])
         else:
             x = torch.as_tensor(self.atoms.positions)[None].expand(len(rows), -1, -1)
             x = x + self.start_rattle * torch.randn(x.shape, generator=self.rng, dtype=torch.float64)
@@ -703,6 +717,25 @@ class ConformerSearch:
             self.own_lowest[w] = math.inf
             self.restarts += 1
         return [w for w, good in zip(rows, ok.tolist()) if not good]
+
+    def _random_cluster(self) -> torch.Tensor:
+        """(N, 3) positions uniform in the ball about the input's centroid that
+        reaches its farthest atom, no pair closer than 0.8x the input's median
+        nearest-neighbour distance (the ball grows if needed to keep those hard
+        spheres under 30% of its volume)."""
+        x = torch.as_tensor(self.atoms.positions, dtype=torch.float64)
+        n, centre = len(x), x.mean(0)
+        radius = float((x - centre).norm(dim=1).max())
+        distances = torch.cdist(x, x) + torch.diag(torch.full((n,), math.inf, dtype=x.dtype))
+        closest = 0.8 * float(distances.min(1).values.median())
+        radius = max(radius, closest / 2 * (n / 0.3) ** (1 / 3))
+        points = torch.empty(0, 3, dtype=x.dtype)
+        while len(points) < n:
+            p = (2 * torch.rand(3, generator=self.rng, dtype=x.dtype) - 1) * radius
+            if p.norm() <= radius and (len(points) == 0
+                                       or float((points - p).norm(dim=1).min()) > closest):
+                points = torch.cat([points, p[None]])
+        return points + centre
 
     def _remember_exit(self, w: int, index: int):
         """Walker w's quench reached known minimum ``index``: unless that is

@@ -391,6 +391,34 @@ def test_a_walker_whose_own_lowest_home_stalls_starts_over(stall, tmp_path):
     assert (again.stalled, again.own_lowest) == (search.stalled, search.own_lowest)
 
 
+@pytest.mark.parametrize("restart_from", ["start", "sphere"])
+def test_restarted_walkers_start_from_the_input_or_a_fresh_random_cluster(restart_from):
+    """restart_from='start': a restarted walker quenches the input rattled by
+    start_rattle; 'sphere': a fresh random cluster in the ball the input fills,
+    no pair much closer than the input's neighbours. Seen one quench step
+    (at most max_step per atom) after the restart."""
+    atoms = random_cluster(13, seed=1)
+    search = ConformerSearch(atoms, LennardJonesModel(), walkers=2, max_force_calls=3000, seed=1,
+                             restart_after=0, restart_stalled=6, restart_from=restart_from)
+    seen = []
+    search.attach(lambda s: seen.append((list(s.home_index), s.quench.x.clone())))
+    search.run()
+    starts = [b[1][w] for a, b in zip(seen, seen[1:]) for w in range(2)
+              if a[0][w] != -1 and b[0][w] == -1]
+    assert len(starts) >= 3
+    x0 = torch.as_tensor(atoms.positions)
+    shift = [float((x - x0).norm(dim=1).max()) for x in starts]
+    if restart_from == "start":
+        assert max(shift) < 0.1 * 5 + search.qp.max_step
+        return
+    assert min(shift) > 1.0
+    ball = float((x0 - x0.mean(0)).norm(dim=1).max())
+    for x in starts:
+        assert float((x - x0.mean(0)).norm(dim=1).max()) < ball + search.qp.max_step + 0.2
+        pairs = torch.pdist(x)
+        assert float(pairs.min()) > 0.7 - 2 * search.qp.max_step
+
+
 @pytest.mark.parametrize("walkers, policy, expected", [
     (4, "auto", (0, 0, 20)), (1, "auto", (0, 0, 20)), (4, "lower", (4, 40, 20)),
     (1, "lower", (4, 40, 20)), (1, "archive", (0, 0, 0))])
@@ -819,6 +847,8 @@ def test_failing_walker_is_restarted_and_the_search_goes_on():
     (dict(home_patience=-1), "home_patience"),
     (dict(restart_after=-1), "restart_after"),
     (dict(restart_stalled=-1), "restart_stalled"),
+    (dict(restart_from="random"), "restart_from"),
+    (dict(restart_from="sphere", starts=[random_cluster(7, seed=1)]), "restart_from"),
     (dict(surface_kicks=1.5), "surface_kicks"),
     (dict(surface_kicks=-0.1), "surface_kicks"),
 ])
@@ -884,6 +914,8 @@ def test_a_large_clusters_default_search_mixes_surface_and_soft_kicks():
 def test_surface_kicks_are_refused_for_a_molecule():
     with pytest.raises(ValueError, match="surface_kicks is for atomic clusters"):
         ConformerSearch(molecule("CH3CH2OH"), EMT(), surface_kicks=0.5)
+    with pytest.raises(ValueError, match="restart_from='sphere' is for atomic clusters"):
+        ConformerSearch(molecule("CH3CH2OH"), EMT(), restart_from="sphere")
 
 
 def test_one_atom_is_rejected():
