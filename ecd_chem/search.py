@@ -238,7 +238,10 @@ class ConformerSearch:
         did (``starts``, or the input rattled); 'sphere' (clusters searched
         from the input alone), a fresh random cluster in the ball the input
         fills, so that a walker restarted from a trapped run leaves that
-        run's region of configuration space.
+        run's region of configuration space. On LJ38 (4 walkers, 90 runs with
+        no cut) it ended the trapped runs (the longest 6.6e5 calls, where two
+        had gone past 9e5) but not the mean (109 796 against >= 112 749 calls;
+        benchmarks/EXPERIMENTS.md, session 35), so it is not the default.
     accept_above: 'hopping''s starting ediff (eV; clusters 2.0 in LJ units,
         molecules 0.05). accept_rate: its factor (>= 1, default 1.1).
     home_temperature: that draw's temperature (eV; molecules 0.02, about 0.5
