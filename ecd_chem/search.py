@@ -700,7 +700,7 @@ class ConformerSearch:
             picks = torch.randint(len(self.starts), (len(rows),), generator=self.rng).tolist()
             x = torch.tensor(np.stack([self.starts[i].positions for i in picks]))
         elif self.restart_from == "sphere":
-            x = torch.stack([self._random_cluster() for _ in rows])
+            x = torch.stack([self._fresh_cluster() for _ in rows])
         else:
             x = torch.as_tensor(self.atoms.positions)[None].expand(len(rows), -1, -1)
             x = x + self.start_rattle * torch.randn(x.shape, generator=self.rng, dtype=torch.float64)
@@ -721,7 +721,7 @@ class ConformerSearch:
             self.restarts += 1
         return [w for w, good in zip(rows, ok.tolist()) if not good]
 
-    def _random_cluster(self) -> torch.Tensor:
+    def _fresh_cluster(self) -> torch.Tensor:
         """(N, 3) positions uniform in the ball about the input's centroid that
         reaches its farthest atom, no pair closer than 0.8x the input's median
         nearest-neighbour distance (the ball grows if needed to keep those hard

@@ -923,7 +923,7 @@ def test_a_large_clusters_default_search_mixes_surface_and_soft_kicks():
     assert max(shares) > 0.7 and min(shares) < 0.5
 
 
-def test_surface_kicks_are_refused_for_a_molecule():
+def test_cluster_only_options_are_refused_for_a_molecule():
     with pytest.raises(ValueError, match="surface_kicks is for atomic clusters"):
         ConformerSearch(molecule("CH3CH2OH"), EMT(), surface_kicks=0.5)
     with pytest.raises(ValueError, match="restart_from='sphere' is for atomic clusters"):
