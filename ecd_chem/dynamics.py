@@ -439,24 +439,25 @@ def inverse_hessian_apply(s, y, v, fallback: float, precondition=None) -> torch.
     seven batched products and two triangular solves where the recursion takes
     2m sequential steps.
     """
-    sy = (s * y).sum(-1)                                    # (W, m)
+    # Only (W, m, m) and (W, m) products are formed: the unused pairs are masked
+    # there, and gamma scales them, so no copy of the (W, m, D) history is made.
+    SY = s @ y.transpose(1, 2)                               # (W, m, m)
+    sy = SY.diagonal(dim1=1, dim2=2)                         # (W, m)
     live = sy > 0
-    s = s * live[..., None]
-    y = y * live[..., None]
-    columns = torch.cat([v[:, None], y], 1)                 # (W, 1 + m, D)
-    if precondition is not None:
-        columns = precondition(columns)
-    pv, py = columns[:, 0], columns[:, 1:]
+    both = (live[:, :, None] & live[:, None, :]).to(s.dtype)
+    pv, py = (v, y) if precondition is None else (precondition(v[:, None])[:, 0], precondition(y))
     y_py = (y[:, -1] * py[:, -1]).sum(-1)
     have = live[:, -1] & (y_py > 0)
     gamma = torch.where(have, sy[:, -1] / y_py.clamp_min(1e-300), torch.full_like(y_py, fallback))
-    h0v, h0y = gamma[:, None] * pv, gamma[:, None, None] * py
+    g3 = gamma[:, None, None]
     # unused pairs get a unit diagonal: their rows decouple with u = 0
-    R = torch.triu(s @ y.transpose(1, 2)) + torch.diag_embed((~live).to(s.dtype))
-    u = torch.linalg.solve_triangular(R, (s @ v[..., None]), upper=True)             # (W, m, 1)
-    middle = (torch.diag_embed(sy * live) + y @ h0y.transpose(1, 2)) @ u - h0y @ v[..., None]
+    R = torch.triu(SY * both) + torch.diag_embed((~live).to(s.dtype))
+    u = torch.linalg.solve_triangular(R, (s @ v[..., None]) * live[..., None], upper=True)  # (W, m, 1)
+    yhy = g3 * (y @ py.transpose(1, 2)) * both               # Y^T H0 Y
+    middle = (torch.diag_embed(sy * live) + yhy) @ u - g3 * (py @ v[..., None]) * live[..., None]
     top = torch.linalg.solve_triangular(R.transpose(1, 2), middle, upper=False)
-    return h0v + (s.transpose(1, 2) @ top - h0y.transpose(1, 2) @ u).squeeze(-1)
+    return gamma[:, None] * (pv - (py.transpose(1, 2) @ u).squeeze(-1)) \
+        + (s.transpose(1, 2) @ top).squeeze(-1)
 
 
 def rigid_free(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -695,10 +696,10 @@ class BondedPreconditioner:
         return B.transpose(1, 2) @ (k[None, :, None] * B) + self.mu * eye
 
     def __call__(self, x: torch.Tensor):
-        P = self.matrix(x)
+        LU, pivots = torch.linalg.lu_factor(self.matrix(x))    # once per geometry, reused by each solve
 
         def solve(v):        # (W, k, 3N)
-            return torch.linalg.solve(P, v.transpose(1, 2)).transpose(1, 2)
+            return torch.linalg.lu_solve(LU, pivots, v.transpose(1, 2)).transpose(1, 2)
         return solve
 
 
@@ -706,12 +707,12 @@ def exp_solver(x: torch.Tensor):
     """u (W, k, 3N) -> P^-1 u for the Exp preconditioner P of the geometries x
     (W, N, 3), acting on each Cartesian component."""
     W, N = x.shape[:2]
-    lap = exp_preconditioner(x)
+    LU, pivots = torch.linalg.lu_factor(exp_preconditioner(x))   # once per geometry
 
     def solve(v):
         k = v.shape[1]
         columns = v.reshape(W, k, N, 3).permute(0, 2, 1, 3).reshape(W, N, 3 * k)
-        return torch.linalg.solve(lap, columns).reshape(W, N, k, 3).permute(0, 2, 1, 3).reshape(W, k, -1)
+        return torch.linalg.lu_solve(LU, pivots, columns).reshape(W, N, k, 3).permute(0, 2, 1, 3).reshape(W, k, -1)
     return solve
 
 
