@@ -8,12 +8,15 @@
    the largest energy change that causes.
 2. The integrator's own share of an ECD step at W = 256 with ANI, per device.
    With ``--parts search``: a whole ConformerSearch (alanine dipeptide, W walkers,
-   40 W force calls) and the share of its wall time spent in ANI evaluations.
+   40 W force calls) and the share of its wall time spent in ANI evaluations;
+   with ``search-lj``: the same for LJ38 with the exact LJ potential on the CPU
+   (100 W force calls), whose evaluations cost little, so that the search's own
+   work (quench steps, ECD steps, dedup) shows.
 3. PySCF (HF/STO-3G and B3LYP/def2-SVP, ethanol): SCF cycles per geometry over a
    30-step ECD run, warm-started scanner against a fresh guess at every geometry.
 
     python benchmarks/throughput.py [--sizes 1 8 64 256 1024] [--devices cpu cuda]
-                                    [--parts ani integrator search pyscf]
+                                    [--parts ani integrator search search-lj pyscf]
                                     [--search-walkers 64 1024] [--json out.json]
 """
 from __future__ import annotations
@@ -30,8 +33,9 @@ import torch
 from ase.io import read
 
 from ecd_chem import ECDOpt, dynamics
-from ecd_chem.calculators import ANIModel, Evaluator, PySCFCalculator
+from ecd_chem.calculators import ANICalculator, ANIModel, Evaluator, PySCFCalculator
 from ecd_chem.calculators.ani import load_network
+from ecd_chem.potentials import LennardJonesModel, random_cluster
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -124,13 +128,12 @@ def integrator_share(atoms, device="cpu", W=256, steps=20, state_device="cpu"):
     return t_ecd / (t_ecd + t_eval)
 
 
-def search_rate(atoms, device, walkers):
-    """Force calls per second of a whole search, and the share of its time in ANI."""
+def search_rate(atoms, calculator, model, walkers, calls_per_walker=40):
+    """Force calls per second of a whole search, and the share of its wall time
+    spent in ``model.evaluate`` (the batched evaluation the search calls)."""
     from ecd_chem import ConformerSearch
-    from ecd_chem.calculators import ANICalculator
-    calc = ANICalculator("ani1x", device=device)
     model_time = 0.0
-    evaluate = calc.model.evaluate
+    evaluate = model.evaluate
 
     def timed_evaluate(*args):
         nonlocal model_time
@@ -138,10 +141,10 @@ def search_rate(atoms, device, walkers):
         out = evaluate(*args)                     # returns on the CPU: synchronized
         model_time += time.perf_counter() - start
         return out
-    calc.model.evaluate = timed_evaluate
+    model.evaluate = timed_evaluate
     start = time.perf_counter()
-    result = ConformerSearch(atoms, calc, walkers=walkers, max_force_calls=40 * walkers,
-                             seed=0).run()
+    result = ConformerSearch(atoms, calculator, walkers=walkers,
+                             max_force_calls=calls_per_walker * walkers, seed=0).run()
     wall = time.perf_counter() - start
     return {"walkers": walkers, "force_calls": result.force_calls, "wall_s": wall,
             "calls_per_s": result.force_calls / wall, "model_share": model_time / wall,
@@ -168,7 +171,7 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 64, 256, 1024])
     parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"],
                         help="default: cpu, and cuda when available")
-    parser.add_argument("--parts", nargs="+", choices=["ani", "integrator", "search", "pyscf"],
+    parser.add_argument("--parts", nargs="+", choices=["ani", "integrator", "search", "search-lj", "pyscf"],
                         default=["ani", "integrator", "pyscf"])
     parser.add_argument("--search-walkers", type=int, nargs="+", default=[64, 1024])
     parser.add_argument("--json")
@@ -197,11 +200,23 @@ def main():
         if "search" in args.parts:
             report[f"search_{device}"] = []
             for walkers in args.search_walkers:
-                row = search_rate(atoms, device, walkers)
+                calc = ANICalculator("ani1x", device=device)
+                row = search_rate(atoms, calc, calc.model, walkers)
                 report[f"search_{device}"].append(row)
                 print(f"ConformerSearch, {walkers} walkers, ANI on {where}: {row['force_calls']} "
                       f"force calls in {row['wall_s']:.1f} s, {row['calls_per_s']:.0f}/s, "
                       f"{100 * row['model_share']:.0f}% of the time in ANI", flush=True)
+    if "search-lj" in args.parts:
+        # the exact LJ potential costs little, so the search's own work shows
+        lj = LennardJonesModel()
+        report["search_lj38_cpu"] = []
+        for walkers in args.search_walkers:
+            row = search_rate(random_cluster(38, seed=0), lj, lj, walkers, calls_per_walker=100)
+            report["search_lj38_cpu"].append(row)
+            print(f"ConformerSearch, LJ38, {walkers} walkers, exact LJ on the CPU "
+                  f"({torch.get_num_threads()} threads): {row['force_calls']} force calls in "
+                  f"{row['wall_s']:.1f} s, {row['calls_per_s']:.0f}/s, "
+                  f"{100 * row['model_share']:.0f}% of the time in the potential", flush=True)
     if "pyscf" in args.parts:
         report["pyscf"] = [pyscf_cycles(m, b) for m, b in (("hf", "sto-3g"), ("b3lyp", "def2-svp"))]
         for p in report["pyscf"]:
