@@ -233,6 +233,27 @@ def test_exp_preconditioner_is_symmetric_positive_definite_per_walker():
     assert torch.allclose(ecd.exp_preconditioner(x[1:2])[0], lap[1])   # walkers independent
 
 
+def test_preconditioner_solvers_apply_the_inverse_to_every_column():
+    """P^-1 u for u (W, k, 3N), the factorization reused across calls: Exp acts
+    on each Cartesian component (P = lap kron I3), the bonded model on all 3N."""
+    from ecd_chem.structures import bond_graph
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(3, 7, 3, generator=gen, dtype=torch.float64) * 3
+    u = torch.randn(3, 5, 21, generator=gen, dtype=torch.float64)
+    full = torch.kron(ecd.exp_preconditioner(x), torch.eye(3, dtype=torch.float64))
+    solve = ecd.preconditioner_solver(True, x)
+    for columns in (u, u[:, :1], u[:, 2:]):
+        expected = torch.linalg.solve(full, columns.transpose(1, 2)).transpose(1, 2)
+        assert torch.allclose(solve(columns), expected, atol=1e-10)
+    atoms, _, xb = _turned_ethanol_starts(count=2)
+    bonded = ecd.BondedPreconditioner(bond_graph(atoms))
+    ub = torch.randn(2, 4, 27, generator=gen, dtype=torch.float64)
+    solve = ecd.preconditioner_solver(bonded, xb)
+    for columns in (ub, ub[:, 1:2]):
+        expected = torch.linalg.solve(bonded.matrix(xb), columns.transpose(1, 2)).transpose(1, 2)
+        assert torch.allclose(solve(columns), expected, atol=1e-10)
+
+
 def test_preconditioned_quench_reaches_the_same_minimum_in_fewer_steps():
     from ase.build import molecule
     from ecd_chem.calculators import ANIModel, Evaluator
