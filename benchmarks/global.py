@@ -363,7 +363,10 @@ def merge_reports(reports: list[dict]) -> dict:
             r = {"success": len(ok), "runs": len(calls), "first_seed": parts[0].get("first_seed", 0),
                  "budget": parts[0]["budget"], "mean_calls": statistics.mean(ok) if ok else None,
                  "sem_calls": statistics.stdev(ok) / math.sqrt(len(ok)) if len(ok) > 1 else None,
-                 "calls": calls, "wall_s": sum(p["wall_s"] for p in parts)}
+                 "calls": calls,
+                 # None where a part was run outside this script and its wall time not kept
+                 "wall_s": (None if any(p.get("wall_s") is None for p in parts)
+                            else sum(p["wall_s"] for p in parts))}
             if all("ecd_share" in p for p in parts):
                 r["ecd_share"] = sum(p["ecd_share"] * p["runs"] for p in parts) / len(calls)
                 r["calls_archived"] = [c for p in parts for c in p["calls_archived"]]

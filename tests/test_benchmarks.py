@@ -84,8 +84,12 @@ def test_merged_reports_keep_seed_order_and_recount(bench):
     assert row["calls"] == [10, 20, 30, None]
     assert (row["success"], row["runs"], row["first_seed"]) == (3, 4, 0)
     assert row["mean_calls"] == 20 and row["ecd_share"] == pytest.approx(0.45)
-    assert merged["versions"] == {"numpy": "x"}
+    assert merged["versions"] == {"numpy": "x"} and row["wall_s"] == 2.0
     assert any("3/4" in line for line in bench.summary(merged))
+    untimed = part(2, [30, None], 0.6)
+    untimed["lj"]["LJ13"]["ConformerSearch W=1"]["wall_s"] = None
+    assert bench.merge_reports([part(0, [10, 20], 0.3), untimed])["lj"]["LJ13"][
+        "ConformerSearch W=1"]["wall_s"] is None
     with pytest.raises(ValueError, match="overlap or leave a gap at seed 2"):
         bench.merge_reports([part(0, [10, 20], 0.3), part(3, [30], 0.6)])
     longer = part(2, [30, 150], 0.6)
