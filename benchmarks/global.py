@@ -6,7 +6,10 @@
    T = 0.8, stepsize 0.4, steps from the current minimum), ASE BasinHopping (LBFGS,
    kT 0.8, dr 0.35, steps from unquenched positions) and ASE MinimaHopping (T0
    1000 K); `--peers scipy ase` (or ase-bh, ase-mh for one of the two); same random
-   starts (uniform sphere, liquid density) and budgets for all. Every method is
+   starts (uniform sphere, liquid density) and budgets for all. `--peers random`
+   adds a reference that is not a peer: random restarts, fresh random clusters
+   each quenched by the search's own cluster quench, which shows what the ECD
+   excursions add over new starts. Every method is
    counted alike: the force calls spent when an evaluated geometry first lies
    within 0.001 of the global minimum (ConformerSearch's calls when its quench
    archived it, the count before session 24, are kept as "calls_archived").
@@ -144,6 +147,52 @@ def run_ase(kind, n, seed, target, budget):
     return atoms.calc.hit
 
 
+RANDOM = "random restarts"     # a reference row, not a peer: never the "best peer"
+
+
+def run_random(n, seed, target, budget, batch=32):
+    """Random search with ConformerSearch's own cluster quench (batched L-BFGS,
+    Exp preconditioner, memory 30, 0.2 sigma step cap) to max force 0.03 (the
+    search's screening threshold): the run's random cluster, then fresh ones
+    (``random_cluster(n, seed=[seed, k])``), each quenched, until an evaluated
+    energy lies within 0.001 of ``target``. Quenches run ``batch`` at a time;
+    being independent, the calls are counted as if they had run one after
+    another: all of every quench before the first that hits, plus that one's
+    up to its hit. Returns those calls, or None past ``budget``."""
+    model = LennardJonesModel()
+    qp = ecd.QuenchParams(memory=30, max_step=0.2, precon=ecd.quench_preconditioner("exp"))
+    fmax, spent, drawn = 0.03, 0, 0
+
+    def evaluate(x):
+        energy, forces = model.evaluate(None, x)
+        return energy, -forces
+    while spent < budget:
+        x = torch.stack([torch.as_tensor(random_cluster(n, seed=[seed, k] if k else seed).positions)
+                         for k in range(drawn, drawn + batch)])
+        drawn += batch
+        f, g = evaluate(x)
+        calls = torch.ones(batch, dtype=torch.long)
+        hit_at = torch.where(f <= target + REACHED, calls, torch.zeros_like(calls))
+        state = ecd.quench_init(x, f, g, qp)
+        active = (ecd.max_force(g) >= fmax) & (hit_at == 0)
+        while bool(active.any()):
+            idx = torch.nonzero(active).flatten()
+            stepped = ecd.quench_propose(state, qp)
+            f, g = stepped.f.clone(), stepped.g.clone()
+            f[idx], g[idx] = evaluate(stepped.x[idx])
+            calls[idx] += 1
+            state = ecd.where(active, ecd.quench_absorb(stepped, f, g), state)
+            hit_at = torch.where(active & (f <= target + REACHED), calls, hit_at)
+            active &= (ecd.max_force(state.g) >= fmax) & (hit_at == 0) & (state.steps < 1000)
+        for used, hit in zip(calls.tolist(), hit_at.tolist()):
+            if hit:
+                return spent + hit if spent + hit <= budget else None
+            spent += used
+            if spent >= budget:
+                return None
+    return None
+
+
 class WatchedModel(LennardJonesModel):
     """The batched LJ model, noting the force calls spent when an evaluated
     geometry first lies within 0.001 of ``target``: the peers' criterion, so
@@ -197,6 +246,8 @@ def lj_benchmark(sizes, seeds, walker_counts, peers, seeds_large, settings=None,
             methods["ASE BasinHopping"] = lambda s: run_ase("ASE BasinHopping", n, s, targets[n], budget)
         if "ase" in peers or "ase-mh" in peers:
             methods["ASE MinimaHopping"] = lambda s: run_ase("MH", n, s, targets[n], budget)
+        if "random" in peers:
+            methods[RANDOM] = lambda s: run_random(n, s, targets[n], budget)
         runs = seeds if n < 26 else seeds_large
         for label, method in methods.items():
             t0 = time.time()
@@ -378,12 +429,13 @@ def summary(report: dict) -> list[str]:
     """Lines of the cluster table: for every row success, mean ± standard
     error, median, and calls per success with each failed run's budget
     counted; for ConformerSearch rows, the ratio of calls per success to the
-    peer with the fewest, with its 95% paired bootstrap interval, over the
-    seeds both rows ran."""
+    peer with the fewest (random restarts, a reference, are not a peer) and to
+    random restarts where they ran, with 95% paired bootstrap intervals, over
+    the seeds both rows ran."""
     lines = []
     for cluster, row in report["lj"].items():
         peers = {label: r for label, r in row.items()
-                 if not label.startswith("ConformerSearch") and r["success"]}
+                 if not label.startswith("ConformerSearch") and label != RANDOM and r["success"]}
         best = min(peers, key=lambda label: per_success(peers[label]["calls"], peers[label]["budget"]),
                    default=None)
         for label, r in row.items():
@@ -395,23 +447,31 @@ def summary(report: dict) -> list[str]:
                          f" per success {per_success(r['calls'], r['budget']):.0f}")
             if "ecd_share" in r:
                 text += f", ECD share {r['ecd_share']:.2f}"
-            peer = row.get(best)
-            if label.startswith("ConformerSearch") and peer is not None and ok:
-                # compared over the seeds both rows ran
-                first, peer_first = r.get("first_seed", 0), peer.get("first_seed", 0)
-                low_seed = max(first, peer_first)
-                high_seed = min(first + r["runs"], peer_first + peer["runs"])
-                ours = r["calls"][low_seed - first:high_seed - first]
-                theirs = peer["calls"][low_seed - peer_first:high_seed - peer_first]
-                both = (ratio_interval(ours, theirs, r["budget"], peer_budget=peer["budget"])
-                        if high_seed > low_seed else None)
-                if both is not None:
-                    value, low, high = both
-                    text += f"; {value:.2f}x {best} (95% {low:.2f}-{high:.2f}"
-                    whole = len(ours) == r["runs"] and len(theirs) == peer["runs"]
-                    text += ")" if whole else f", seeds {low_seed}-{high_seed - 1})"
+            if label.startswith("ConformerSearch") and ok:
+                for other in (best, RANDOM):
+                    if other in row and row[other]["success"]:
+                        text += compared(r, row[other], other)
             lines.append(text)
     return lines
+
+
+def compared(r: dict, other: dict, name: str) -> str:
+    """'; 0.59x name (95% 0.53-0.66)': row r's calls per success over the
+    other row's, paired by seed over the seeds both ran ('' where none)."""
+    first, other_first = r.get("first_seed", 0), other.get("first_seed", 0)
+    low_seed = max(first, other_first)
+    high_seed = min(first + r["runs"], other_first + other["runs"])
+    if high_seed <= low_seed:
+        return ""
+    ours = r["calls"][low_seed - first:high_seed - first]
+    theirs = other["calls"][low_seed - other_first:high_seed - other_first]
+    both = ratio_interval(ours, theirs, r["budget"], peer_budget=other["budget"])
+    if both is None:
+        return ""
+    value, low, high = both
+    whole = len(ours) == r["runs"] and len(theirs) == other["runs"]
+    seeds = "" if whole else f", seeds {low_seed}-{high_seed - 1}"
+    return f"; {value:.2f}x {name} (95% {low:.2f}-{high:.2f}{seeds})"
 
 
 def main():
@@ -427,8 +487,9 @@ def main():
     parser.add_argument("--walkers", type=int, nargs="*", default=[4],
                         help="ConformerSearch walker counts for the clusters; give none to run only the peers")
     parser.add_argument("--peers", nargs="*", default=["scipy", "ase"],
-                        choices=["scipy", "ase", "ase-bh", "ase-mh"],
-                        help="ase runs both ASE methods; give none to skip the peers")
+                        choices=["scipy", "ase", "ase-bh", "ase-mh", "random"],
+                        help="ase runs both ASE methods; random adds the random-restart "
+                             "reference; give none to skip the peers")
     parser.add_argument("--molecules", nargs="*", default=MOLECULES)
     parser.add_argument("--etkdg", type=int, default=1000)
     parser.add_argument("--molecule-budget", type=int, default=5000)

@@ -118,3 +118,29 @@ def test_budget_option_sets_every_runs_budget(bench):
     row = table["LJ13"]["ConformerSearch W=1"]
     assert row["budget"] == 40 and row["runs"] == 1
     assert row["calls"][0] is None or row["calls"][0] <= 40
+
+
+def test_random_restarts_start_from_the_runs_cluster(bench):
+    atoms = random_cluster(13, seed=5)
+    energy, _ = LennardJonesModel().evaluate(atoms, torch.tensor(atoms.positions)[None])
+    assert bench.run_random(13, 5, float(energy[0]) - 5e-4, 1000) == 1
+
+
+def test_random_restarts_count_batched_quenches_as_if_run_one_after_another(bench):
+    """Seed 5 needs several quenches, so the batches of 3 split them."""
+    one_by_one = bench.run_random(13, 5, LJ13, 20_000, batch=1)
+    assert one_by_one is not None and one_by_one > 150
+    assert bench.run_random(13, 5, LJ13, 20_000, batch=3) == one_by_one
+    assert bench.run_random(13, 5, LJ13, one_by_one - 1, batch=3) is None
+
+
+def test_random_restarts_are_a_reference_not_the_best_peer(bench):
+    def row(calls):
+        return {"runs": len(calls), "first_seed": 0, "budget": 1000, "calls": calls,
+                "success": sum(c is not None for c in calls), "wall_s": 1.0}
+    report = {"lj": {"LJ13": {"ConformerSearch W=1": row([50, 100]),
+                              "scipy basinhopping": row([100, 200]),
+                              bench.RANDOM: row([25, 50])}}}
+    line = bench.summary(report)[0]
+    assert "0.50x scipy basinhopping (95% 0.50-0.50)" in line
+    assert f"2.00x {bench.RANDOM} (95% 2.00-2.00)" in line
