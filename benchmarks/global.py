@@ -150,15 +150,16 @@ def run_ase(kind, n, seed, target, budget):
 RANDOM = "random restarts"     # a reference row, not a peer: never the "best peer"
 
 
-def run_random(n, seed, target, budget, batch=32):
+def run_random(n, seed, target, budget, batch=None):
     """Random search with ConformerSearch's own cluster quench (batched L-BFGS,
     Exp preconditioner, memory 30, 0.2 sigma step cap) to max force 0.03 (the
     search's screening threshold): the run's random cluster, then fresh ones
     (``random_cluster(n, seed=[seed, k])``), each quenched, until an evaluated
-    energy lies within 0.001 of ``target``. Quenches run ``batch`` at a time;
-    being independent, the calls are counted as if they had run one after
-    another: all of every quench before the first that hits, plus that one's
-    up to its hit. Returns those calls, or None past ``budget``."""
+    energy lies within 0.001 of ``target``. Quenches run ``batch`` at a time
+    (default: 8, doubling each round up to 256, so that a rare hit costs few
+    Python steps); being independent, the calls are counted as if they had
+    run one after another: all of every quench before the first that hits,
+    plus that one's up to its hit. Returns those calls, or None past ``budget``."""
     model = LennardJonesModel()
     qp = ecd.QuenchParams(memory=30, max_step=0.2, precon=ecd.quench_preconditioner("exp"))
     fmax, spent, drawn = 0.03, 0, 0
@@ -167,11 +168,12 @@ def run_random(n, seed, target, budget, batch=32):
         energy, forces = model.evaluate(None, x)
         return energy, -forces
     while spent < budget:
+        size = batch or min(256, 8 * 2 ** (drawn // 8).bit_length())
         x = torch.stack([torch.as_tensor(random_cluster(n, seed=[seed, k] if k else seed).positions)
-                         for k in range(drawn, drawn + batch)])
-        drawn += batch
+                         for k in range(drawn, drawn + size)])
+        drawn += size
         f, g = evaluate(x)
-        calls = torch.ones(batch, dtype=torch.long)
+        calls = torch.ones(size, dtype=torch.long)
         hit_at = torch.where(f <= target + REACHED, calls, torch.zeros_like(calls))
         state = ecd.quench_init(x, f, g, qp)
         active = (ecd.max_force(g) >= fmax) & (hit_at == 0)
