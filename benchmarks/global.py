@@ -154,7 +154,8 @@ def run_random(n, seed, target, budget, batch=None):
     """Random search with ConformerSearch's own cluster quench (batched L-BFGS,
     Exp preconditioner, memory 30, 0.2 sigma step cap) to max force 0.03 (the
     search's screening threshold): the run's random cluster, then fresh ones
-    (``random_cluster(n, seed=[seed, k])``), each quenched, until an evaluated
+    (``random_cluster(n, seed=[seed, k])``), each quenched (at most 1000
+    steps), until an evaluated
     energy lies within 0.001 of ``target``. Quenches run ``batch`` at a time
     (default: 8, doubling each round up to 256, so that a rare hit costs few
     Python steps); being independent, the calls are counted as if they had
