@@ -161,13 +161,9 @@ def run_random(n, seed, target, budget, batch=None):
     Python steps); being independent, the calls are counted as if they had
     run one after another: all of every quench before the first that hits,
     plus that one's up to its hit. Returns those calls, or None past ``budget``."""
-    model = LennardJonesModel()
+    evaluate = Evaluator(LennardJonesModel(), random_cluster(n, seed=seed))
     qp = ecd.QuenchParams(memory=30, max_step=0.2, precon=ecd.quench_preconditioner("exp"))
     fmax, spent, drawn = 0.03, 0, 0
-
-    def evaluate(x):
-        energy, forces = model.evaluate(None, x)
-        return energy, -forces
     while spent < budget:
         size = batch or min(256, 8 * 2 ** (drawn // 8).bit_length())
         x = torch.stack([torch.as_tensor(random_cluster(n, seed=[seed, k] if k else seed).positions)
