@@ -69,11 +69,11 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def positive(kind):
+def positive(kind, or_zero=False):
     def convert(text):
         value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not (value >= 0 if or_zero else value > 0):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if or_zero else '>'} 0, got {text}")
         return value
     convert.__name__ = kind.__name__
     return convert
@@ -84,10 +84,13 @@ def add_calculator_options(p):
     g.add_argument("--calc", choices=CALCULATORS, default="ani1x")
     g.add_argument("--method", default="b3lyp", help="PySCF method (hf, mp2, any functional)")
     g.add_argument("--basis", default="def2-svp", help="PySCF basis set")
-    g.add_argument("--charge", type=int, default=0)
+    g.add_argument("--charge", type=int,
+                   help="PySCF total charge (default: the structure's formal charges, from "
+                        "SMILES or SDF)")
     g.add_argument("--spin", type=int, default=0, help="2S for PySCF")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--seed", type=int, default=0, help="random seed (kicks, bounces, starts)")
+    p.add_argument("--seed", type=positive(int, or_zero=True), default=0,
+                   help="random seed (kicks, bounces, starts)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw energy against force calls (needs matplotlib)")
@@ -100,7 +103,8 @@ def add_search_options(p):
                    help="budget of force calls, quenches and refinement included")
     p.add_argument("--ewin", type=positive(float), default=6.0, help="energy window, kcal/mol")
     p.add_argument("--rmsd", type=positive(float), default=0.125, help="duplicate RMSD, A")
-    p.add_argument("--temperature", type=float, default=298.15, help="K, Boltzmann weights")
+    p.add_argument("--temperature", type=positive(float, or_zero=True), default=298.15,
+                   help="K, Boltzmann weights (0: all weight on the lowest)")
     p.add_argument("--keep-rotamers", action="store_true",
                    help="report conformers that differ only in how a CH3/CF3-like top is "
                         "turned separately (default: merged, the lowest kept)")
@@ -223,9 +227,11 @@ def cmd_optimize(args):
     return 0 if converged else 1
 
 
-def calculator_settings(args) -> dict:
+def calculator_settings(args, atoms) -> dict:
+    from .structures import formal_charge
+    charge = formal_charge(atoms) if args.charge is None else args.charge
     return {"name": args.calc, "device": args.device, **(
-        {"method": args.method, "basis": args.basis, "charge": args.charge, "spin": args.spin}
+        {"method": args.method, "basis": args.basis, "charge": charge, "spin": args.spin}
         if args.calc == "pyscf" else {})}
 
 
@@ -238,7 +244,7 @@ def search_settings(args, search) -> dict:
 
 def summary(args, atoms, result, search, wall):
     return {"input": args.input or {"smiles": args.smiles},
-            "calculator": calculator_settings(args), "search": search_settings(args, search),
+            "calculator": calculator_settings(args, atoms), "search": search_settings(args, search),
             "seed": args.seed, **result.to_dict(), "wall_time_s": wall}
 
 

@@ -53,7 +53,7 @@ class ScreenSettings:
     calc: str = "ani1x"
     method: str = "b3lyp"
     basis: str = "def2-svp"
-    charge: int = 0
+    charge: int | None = None         # None: each molecule's formal charges
     spin: int = 0
     device: str = "auto"
     walkers: int = 8

@@ -282,7 +282,7 @@ class ConformerSearch:
         without the tops' end atoms is below rmsd_threshold, whatever the
         energies. A flat methyl rotor otherwise leaves one conformer as
         several records up to ~0.4 kcal/mol apart (alanine dipeptide, ANI-1x).
-    temperature (K): Boltzmann weights.
+    temperature (K): Boltzmann weights; 0 puts all the weight on the lowest.
     target_energy: stop as soon as a minimum at or below it is found (benchmarks).
     checkpoint: JSON path written atomically every ``checkpoint_every`` steps; an
         existing one is resumed. Writes are spaced out so that they take at most
@@ -413,6 +413,8 @@ class ConformerSearch:
         self.quench_fmax = quench_fmax or (0.01 if cluster else 0.05)
         if screen_fmax is None:
             screen_fmax = 0.03 if cluster else self.quench_fmax
+        if not screen_fmax > 0:
+            raise ValueError(f"screen_fmax must be > 0, got {screen_fmax}")
         self.screen_fmax = max(self.quench_fmax, screen_fmax)
         self.revisit_fmax = float((0.3 if cluster else 0.0) if revisit_fmax is None else revisit_fmax)
         if not self.revisit_fmax >= 0:
@@ -454,7 +456,38 @@ class ConformerSearch:
             self.torsion_kick = ecd.sparse_directions(torch.tensor(weights), int(kick_torsions))
         self.classes = (np.zeros(len(atoms), int) if cluster
                         else equivalence_classes(self.atoms.numbers, self.topology))
+        self._check_settings()
         self.evaluate = Evaluator(self.model, self.atoms)
+
+    def _check_settings(self) -> None:
+        """Raise a ValueError for a setting, defaults resolved, that no search can use."""
+        def finite(*values):
+            return all(math.isfinite(float(v)) for v in values)
+        fmaxes = (self.quench_fmax, self.refine_fmax)
+        checks = [
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (finite(self.excursion_energy) and self.excursion_energy > 0,
+             f"excursion_energy must be > 0, got {self.excursion_energy}"),
+            (self.excursion_steps >= 1, f"excursion_steps must be >= 1, got {self.excursion_steps}"),
+            (finite(self.energy_growth) and self.energy_growth >= 1,
+             f"energy_growth must be >= 1, got {self.energy_growth}"),
+            (0 <= self.harvest_after <= 1, f"harvest_after must lie in [0, 1], got {self.harvest_after}"),
+            (self.kick_power >= 0, f"kick_power must be >= 0, got {self.kick_power}"),
+            (finite(*fmaxes) and min(fmaxes) > 0,
+             f"quench_fmax and refine_fmax must be > 0, got {fmaxes}"),
+            (self.quench_steps >= 1, f"quench_steps must be >= 1, got {self.quench_steps}"),
+            (finite(self.start_rattle) and self.start_rattle >= 0,
+             f"start_rattle must be >= 0 (A), got {self.start_rattle}"),
+            (finite(self.temperature) and self.temperature >= 0,
+             f"temperature must be >= 0 K (0: all weight on the lowest), got {self.temperature}"),
+            (self.target_energy is None or not math.isnan(self.target_energy),
+             "target_energy must be a number or None, got nan"),
+            (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+            (0 <= self.refine_reserve < 1, f"refine_reserve must lie in [0, 1), got {self.refine_reserve}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
         self.observers: list = []
 
     def attach(self, function, interval: int = 1) -> None:

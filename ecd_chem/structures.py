@@ -161,6 +161,12 @@ def check_atoms(atoms: Atoms, where: str = "input") -> None:
                              "(closer than 0.3 A)")
 
 
+def formal_charge(atoms: Atoms) -> int:
+    """Net charge from the formal charges the structure was read with (SMILES,
+    SDF ``M  CHG``; kept as initial charges); 0 when it has none."""
+    return int(round(float(atoms.get_initial_charges().sum())))
+
+
 def from_smiles(smiles: str, conformers: int = 8, seed: int = 0) -> list[Atoms]:
     """ETKDG conformers (with hydrogens) of a SMILES string, via RDKit."""
     try:

@@ -132,6 +132,30 @@ def test_impossible_charge_spin_is_a_clear_error_before_scf():
     assert calc.scanner is None
 
 
+def ammonium():
+    """NH4+ with its formal charge on N, as SMILES and SDF input carry it."""
+    a = 1.03 / 3 ** 0.5
+    return Atoms("NH4", positions=[(0, 0, 0), (a, a, a), (-a, -a, a), (-a, a, -a), (a, -a, -a)],
+                 charges=[1, 0, 0, 0, 0])
+
+
+def test_pyscf_charge_defaults_to_the_structures_formal_charge():
+    from ecd_chem.calculators import make_calculator
+    atoms = ammonium()
+    assert make_calculator("pyscf", atoms, method="hf", basis="sto-3g").charge == 1
+    assert make_calculator("pyscf", molecule("H2O"), method="hf", basis="sto-3g").charge == 0
+    with pytest.raises(ValueError, match=r"formal charge of \+1, but the calculator's charge is 2"):
+        make_calculator("pyscf", atoms, method="hf", basis="sto-3g", charge=2)
+
+
+@pytest.mark.parametrize("name, kwargs", [("ani1x", dict(charge=1)), ("emt", dict(spin=2)),
+                                          ("lj", dict(charge=-1))])
+def test_charge_and_spin_are_refused_where_they_mean_nothing(name, kwargs):
+    from ecd_chem.calculators import make_calculator
+    with pytest.raises(ValueError, match=f"PySCF settings; {name} takes neither"):
+        make_calculator(name, **kwargs)
+
+
 @pytest.mark.slow
 def test_ecdopt_matches_geometric_on_b3lyp_water():
     from pyscf import gto, scf  # noqa: F401
@@ -228,6 +252,16 @@ def test_ani_unsupported_element_names_it_and_the_supported_set():
     atoms = molecule("CH3Cl")
     atoms.calc = ANICalculator("ani1x", device="cpu")
     with pytest.raises(ValueError, match=r"Cl.*supported: H, C, N, O"):
+        atoms.get_potential_energy()
+
+
+@pytest.mark.parametrize("atoms, match", [
+    (ammonium(), r"neutral molecules; H4N carries a net formal charge of \+1"),
+    (molecule("CH3"), "closed-shell molecules; CH3 has an odd number of electrons"),
+])
+def test_ani_refuses_ions_and_radicals(atoms, match):
+    atoms.calc = ANICalculator("ani1x", device="cpu")
+    with pytest.raises(ValueError, match=match):
         atoms.get_potential_energy()
 
 

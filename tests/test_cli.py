@@ -76,11 +76,24 @@ def test_conformers_from_smiles(tmp_path):
     assert read(out, ":")[0].get_chemical_formula() == "C2H6O2"
 
 
+def test_a_cations_charge_comes_from_its_smiles(tmp_path):
+    summary = tmp_path / "summary.json"
+    run = cli("conformers", "--smiles", "C[NH3+]", "-o", str(tmp_path / "conf.xyz"),
+              "--json", str(summary), "--calc", "pyscf", "--method", "hf", "--basis", "sto-3g",
+              "--walkers", "2", "--max-calls", "30", "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(summary.read_text())["calculator"]["charge"] == 1
+
+
 @pytest.mark.parametrize("args, message", [
     (["optimize", "missing.xyz"], "no such file"),
     (["conformers", "--smiles", "C1CC("], "invalid SMILES"),
     (["optimize", ETHANOL, "--fmax", "0"], "must be > 0"),
     (["conformers", ETHANOL, "--walkers", "-2"], "must be > 0"),
+    (["conformers", ETHANOL, "--temperature", "-5"], "must be >= 0"),
+    (["conformers", ETHANOL, "--seed", "-1"], "must be >= 0"),
+    (["conformers", "--smiles", "C[NH3+]"], "ani1x describes neutral molecules"),
+    (["optimize", ETHANOL, "--charge", "1"], "charge and spin are PySCF settings"),
     (["optimize", ETHANOL, "-o", "/nonexistent-dir/x.xyz"], "does not exist"),
     (["optimize", ETHANOL, "--calc", "pyscf", "--charge", "1"], "impossible"),
     (["optimize", ETHANOL, "--calc", "pyscf", "--basis", "nonsense-basis"], "unknown basis"),

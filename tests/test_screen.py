@@ -64,12 +64,14 @@ def test_screen_can_keep_methyl_rotamers_apart(tmp_path, client):
 
 def test_bad_molecules_are_recorded_and_the_others_finish(tmp_path, client):
     (tmp_path / "lib.smi").write_text("CCO ethanol\nC1CC( broken\nCCCl chloropropane\n"
-                                      "OCCO ethanediol\n")
+                                      "C[NH3+] methylammonium\nOCCO ethanediol\n")
     rows = {r["name"]: r for r in screen(tmp_path / "lib.smi", tmp_path / "out", FAST,
                                          client=client)}
     assert rows["ethanol"]["status"] == rows["ethanediol"]["status"] == "done"
     assert rows["broken"]["status"] == "failed" and "invalid SMILES" in rows["broken"]["reason"]
     assert rows["chloropropane"]["status"] == "failed" and "Cl" in rows["chloropropane"]["reason"]
+    assert rows["methylammonium"]["status"] == "failed"
+    assert "neutral molecules" in rows["methylammonium"]["reason"]
     table = rows_of(tmp_path / "out")
     assert table["broken"]["status"] == "failed" and "invalid SMILES" in table["broken"]["reason"]
     assert not (tmp_path / "out" / "broken").exists()

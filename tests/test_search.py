@@ -765,6 +765,15 @@ def test_write_xyz_sorted_with_energies(tmp_path, ani):
     assert len(read(tmp_path / "conformers.traj", ":")) == len(frames)
 
 
+def test_boltzmann_weights_at_room_temperature_and_at_zero():
+    from ase.units import kB
+    from ecd_chem.structures import boltzmann_weights
+    w = boltzmann_weights([0.0, 0.01, 0.0], 298.15)
+    assert abs(w.sum() - 1) < 1e-12 and w[0] == w[2]
+    assert w[1] / w[0] == pytest.approx(np.exp(-0.01 / (kB * 298.15)))
+    assert boltzmann_weights([0.0, 0.01, 0.0], 0).tolist() == [0.5, 0.0, 0.5]
+
+
 # -- checkpoint and faults ----------------------------------------------------------------------------
 
 class KilledAfter(LennardJonesModel):
@@ -863,6 +872,24 @@ def test_failing_walker_is_restarted_and_the_search_goes_on():
     (dict(restart_from="sphere", starts=[random_cluster(7, seed=1)]), "restart_from"),
     (dict(surface_kicks=1.5), "surface_kicks"),
     (dict(surface_kicks=-0.1), "surface_kicks"),
+    (dict(seed=-1), "seed"),
+    (dict(temperature=-1), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(excursion_energy=-1), "excursion_energy"),
+    (dict(excursion_energy=float("inf")), "excursion_energy"),
+    (dict(excursion_steps=-3), "excursion_steps"),
+    (dict(energy_growth=0.5), "energy_growth"),
+    (dict(harvest_after=2), "harvest_after"),
+    (dict(kick_power=-1), "kick_power"),
+    (dict(quench_fmax=-0.1), "quench_fmax"),
+    (dict(refine_fmax=float("nan")), "refine_fmax"),
+    (dict(screen_fmax=-1), "screen_fmax"),
+    (dict(quench_steps=0), "quench_steps"),
+    (dict(start_rattle=-0.1), "start_rattle"),
+    (dict(target_energy=float("nan")), "target_energy"),
+    (dict(checkpoint_every=0), "checkpoint_every"),
+    (dict(refine_reserve=1.0), "refine_reserve"),
+    (dict(refine_reserve=-0.1), "refine_reserve"),
 ])
 def test_bad_search_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):

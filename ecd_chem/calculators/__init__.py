@@ -2,15 +2,26 @@
 from .ani import ANICalculator, ANIModel, ANIUnavailable
 from .pyscf import PySCFCalculator, SCFNotConverged
 from .base import ASELoopModel, BatchCalculator, BatchModel, Evaluator, as_batch_model
+from ..structures import formal_charge
 
 CALCULATORS = ("ani1x", "ani1ccx", "pyscf", "emt", "lj")
 
 
-def make_calculator(name: str, atoms=None, *, method="b3lyp", basis="def2-svp", charge=0, spin=0,
-                    device="auto"):
+def make_calculator(name: str, atoms=None, *, method="b3lyp", basis="def2-svp", charge=None,
+                    spin=0, device="auto"):
     """An ASE calculator by name (one of CALCULATORS). With ``atoms``, what the
-    calculator cannot handle (an element outside ANI, an impossible charge and
-    spin) raises ValueError here, before any work."""
+    calculator cannot handle (an element outside ANI, a charged molecule for
+    ANI, an impossible charge and spin) raises ValueError here, before any work.
+
+    charge, spin: PySCF's total charge and 2S; charge None takes the net formal
+    charge the structure was read with (SMILES, SDF), else 0.
+    """
+    if name != "pyscf" and (charge or spin):
+        given = ", ".join(f"{key} {value}" for key, value in (("charge", charge), ("spin", spin))
+                          if value)
+        raise ValueError(f"charge and spin are PySCF settings; {name} takes neither (got {given})")
+    if charge is None:
+        charge = formal_charge(atoms) if atoms is not None else 0
     if name in ("ani1x", "ani1ccx"):
         calc = ANICalculator(name, device=device)
     elif name == "pyscf":

@@ -13,6 +13,7 @@ import torch
 from ase import Atoms
 from ase.units import Hartree
 
+from ..structures import formal_charge
 from .base import BatchCalculator, BatchModel
 
 class ANIUnavailable(RuntimeError):
@@ -123,6 +124,14 @@ class ANIModel(BatchModel):
                              f"supported: {', '.join(self.species)}")
         if any(atoms.pbc):
             raise ValueError("ANICalculator here handles molecules only (no periodic cell)")
+        # ANI-1x and ANI-1ccx were trained on neutral closed-shell molecules only
+        formula, charge = atoms.get_chemical_formula(), formal_charge(atoms)
+        if charge:
+            raise ValueError(f"{self.name} describes neutral molecules; {formula} carries a net "
+                             f"formal charge of {charge:+d} (use PySCF with that charge)")
+        if int(atoms.numbers.sum()) % 2:
+            raise ValueError(f"{self.name} describes closed-shell molecules; {formula} has an odd "
+                             "number of electrons (a radical: use PySCF with spin 1)")
 
     def species_tensor(self, atoms: Atoms) -> torch.Tensor:
         self.check(atoms)

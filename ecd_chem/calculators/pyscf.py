@@ -11,6 +11,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.units import Bohr, Hartree
 
+from ..structures import formal_charge
 from .base import ASELoopModel
 
 
@@ -111,7 +112,12 @@ class PySCFCalculator(Calculator):
         return mol
 
     def check(self, atoms):
-        """Raise a clear ValueError now if this calculator cannot handle ``atoms``."""
+        """Raise a clear ValueError now if this calculator cannot handle ``atoms``
+        (also when the structure's formal charges say another charge)."""
+        formal = formal_charge(atoms)
+        if formal and formal != self.charge:
+            raise ValueError(f"{atoms.get_chemical_formula()} carries a net formal charge of "
+                             f"{formal:+d}, but the calculator's charge is {self.charge}")
         self.build_mol(atoms)
 
     def _mean_field(self, mol):
