@@ -136,7 +136,8 @@ class ConformerSearch:
 
     The measurements behind each default are in benchmarks/EXPERIMENTS.md.
 
-    atoms: the input structure (molecule or atomic cluster).
+    atoms: the input structure (molecule or free atomic cluster; no periodic
+        cell and no constraints, which the search would not honour).
     calculator: any ASE calculator, a BatchCalculator (ANI, LJ) or a BatchModel;
         None uses ``atoms.calc``.
     walkers: W, walkers advanced together.
@@ -310,6 +311,13 @@ class ConformerSearch:
         if atoms is None or len(atoms) < 2:
             raise InputError("ConformerSearch needs a structure of at least 2 atoms")
         check_atoms(atoms)
+        if atoms.pbc.any():
+            raise InputError("ConformerSearch searches molecules and free clusters; this input "
+                             f"is periodic (pbc={atoms.pbc.tolist()})")
+        if atoms.constraints:
+            names = ", ".join(sorted({type(c).__name__ for c in atoms.constraints}))
+            raise InputError(f"ConformerSearch does not apply constraints ({names}): remove them "
+                             "(atoms.set_constraint()), or relax with ECDOpt, which does")
         if int(walkers) < 1:
             raise ValueError(f"walkers must be >= 1, got {walkers}")
         calculator = calculator if calculator is not None else atoms.calc

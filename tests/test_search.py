@@ -957,6 +957,17 @@ def test_cluster_only_options_are_refused_for_a_molecule():
         ConformerSearch(molecule("CH3CH2OH"), EMT(), restart_from="sphere")
 
 
+def test_periodic_or_constrained_input_is_refused_not_searched_as_if_free():
+    from ase.build import bulk
+    from ase.constraints import FixAtoms
+    with pytest.raises(ValueError, match="periodic"):
+        ConformerSearch(bulk("Cu", cubic=True), EMT())
+    atoms = molecule("CH3CH2OH")
+    atoms.set_constraint(FixAtoms(indices=[0]))
+    with pytest.raises(ValueError, match=r"does not apply constraints \(FixAtoms\)"):
+        ConformerSearch(atoms, EMT())
+
+
 def test_one_atom_is_rejected():
     atoms = random_cluster(7, seed=0)[:1]
     with pytest.raises(ValueError, match="at least 2 atoms"):
