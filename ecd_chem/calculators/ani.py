@@ -125,13 +125,15 @@ class ANIModel(BatchModel):
         if any(atoms.pbc):
             raise ValueError("ANICalculator here handles molecules only (no periodic cell)")
         # ANI-1x and ANI-1ccx were trained on neutral closed-shell molecules only
-        formula, charge = atoms.get_chemical_formula(), formal_charge(atoms)
+        charge = formal_charge(atoms)
         if charge:
-            raise ValueError(f"{self.name} describes neutral molecules; {formula} carries a net "
-                             f"formal charge of {charge:+d} (use PySCF with that charge)")
+            raise ValueError(f"{self.name} describes neutral molecules; "
+                             f"{atoms.get_chemical_formula()} carries a net formal charge of "
+                             f"{charge:+d} (use PySCF with that charge)")
         if int(atoms.numbers.sum()) % 2:
-            raise ValueError(f"{self.name} describes closed-shell molecules; {formula} has an odd "
-                             "number of electrons (a radical: use PySCF with spin 1)")
+            raise ValueError(f"{self.name} describes closed-shell molecules; "
+                             f"{atoms.get_chemical_formula()} has an odd number of electrons "
+                             "(a radical: use PySCF with spin 1)")
 
     def species_tensor(self, atoms: Atoms) -> torch.Tensor:
         self.check(atoms)
