@@ -123,7 +123,9 @@ class SearchResult:
             "wall_time_s": self.wall_time_s,
             "conformers": [{"rank": c.info["rank"], "energy_eV": c.info["energy"],
                             "relative_kcal_mol": c.info["relative_kcal_mol"],
-                            "boltzmann_weight": c.info["boltzmann_weight"], "frame": i}
+                            "boltzmann_weight": c.info["boltzmann_weight"],
+                            "found_at_force_call": c.info["found_at_force_call"],
+                            "visits": c.info["visits"], "frame": i}
                            for i, c in enumerate(self.conformers)]}
 
     def write(self, path, format=None) -> None:
@@ -1059,6 +1061,7 @@ class ConformerSearch:
         if refine:
             self._refine(window)
         kept: list[Minimum] = []
+        visits: dict[int, int] = {}       # id(kept minimum) -> landings in it and its merged records
         for m in sorted(window, key=lambda m: m.energy):
             if not self._keeps_topology(m.positions):
                 continue
@@ -1067,8 +1070,13 @@ class ConformerSearch:
                 # loose quenches can leave one conformer as several records until
                 # refinement merges them: it was found when the first one was
                 same.found_at = min(same.found_at, m.found_at)
-            elif not any(self._top_rotamer(k, m) for k in kept):
+            else:
+                same = next((k for k in kept if self._top_rotamer(k, m)), None)
+            if same is None:
                 kept.append(m)
+                visits[id(m)] = m.visits
+            else:
+                visits[id(same)] += m.visits
         if not kept:
             raise RuntimeError(
                 f"no minimum with the input's bonds was found in {self.calls} force calls: "
@@ -1082,7 +1090,8 @@ class ConformerSearch:
             atoms.positions = m.positions
             atoms.info.update(energy=m.energy, rank=rank, boltzmann_weight=float(w),
                               relative_kcal_mol=(m.energy - lowest) / KCAL_PER_MOL,
-                              found_at_force_call=m.found_at, refined=m.refined)
+                              found_at_force_call=m.found_at, visits=visits[id(m)],
+                              refined=m.refined)
             conformers.append(atoms)
         return SearchResult(conformers=conformers, force_calls=self.calls,
                             ecd_calls=self.ecd_calls, quench_calls=self.quench_calls,

@@ -765,6 +765,23 @@ def test_write_xyz_sorted_with_energies(tmp_path, ani):
     assert len(read(tmp_path / "conformers.traj", ":")) == len(frames)
 
 
+def test_each_conformer_reports_how_often_it_was_landed_in():
+    """visits: landings in the conformer and in every record merged into it,
+    so they add up to the landings in the archive's minima within the window."""
+    search = ConformerSearch(random_cluster(7, seed=0), LennardJonesModel(), walkers=2,
+                             max_force_calls=2000, seed=0, energy_window=100)
+    result = search.run()
+    visits = [c.info["visits"] for c in result.conformers]
+    assert len(visits) >= 2 and min(visits) >= 1 and max(visits) >= 2
+    window = [m for m in search.minima if m.energy <= search.lowest + search.energy_window]
+    assert sum(visits) == sum(m.visits for m in window)
+    assert [c["visits"] for c in result.to_dict()["conformers"]] == visits
+    # a duplicate test loose enough to merge every record into the lowest: its visits add up
+    search.energy_tolerance, search.rmsd_threshold = 10.0, 10.0
+    (merged,) = search.current_result().conformers
+    assert merged.info["visits"] == sum(visits)
+
+
 def test_boltzmann_weights_at_room_temperature_and_at_zero():
     from ase.units import kB
     from ecd_chem.structures import boltzmann_weights
