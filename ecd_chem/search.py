@@ -468,6 +468,7 @@ class ConformerSearch:
                         else equivalence_classes(self.atoms.numbers, self.topology))
         self._check_settings()
         self.evaluate = Evaluator(self.model, self.atoms)
+        self.observers: list = []
 
     def _check_settings(self) -> None:
         """Raise a ValueError for a setting, defaults resolved, that no search can use."""
@@ -498,7 +499,6 @@ class ConformerSearch:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        self.observers: list = []
 
     def attach(self, function, interval: int = 1) -> None:
         """Call ``function(search)`` every ``interval`` steps of all walkers
