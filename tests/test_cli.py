@@ -59,6 +59,21 @@ def test_conformers_from_file_with_json_summary(tmp_path):
     assert [c["frame"] for c in data["conformers"]] == list(range(len(frames)))
 
 
+def test_conformers_prints_a_table_of_what_it_found(tmp_path):
+    out = tmp_path / "conf.xyz"
+    run = cli("conformers", str(ROOT / "molecules" / "n-butane.xyz"), "-o", str(out),
+              "--walkers", "2", "--max-calls", "400")
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.strip().splitlines()
+    header = lines.index("rank  dE (kcal/mol)  weight  visits  found at call")
+    rows = [line.split() for line in lines[header + 1:-1]]
+    frames = read(out, ":")
+    assert len(rows) == len(frames) >= 2
+    assert [int(r[0]) for r in rows] == list(range(1, len(frames) + 1)) and rows[0][1] == "0.000"
+    assert sum(float(r[2].rstrip("%")) for r in rows) == pytest.approx(100, abs=0.1 * len(rows))
+    assert lines[-1].startswith(f"{len(frames)} conformers, lowest")
+
+
 def test_keep_rotamers_reaches_the_search(tmp_path):
     summary = tmp_path / "summary.json"
     run = cli("conformers", str(ROOT / "molecules" / "n-butane.xyz"), "-o",
