@@ -49,7 +49,7 @@ def test_two_workers_four_molecules(tmp_path, client):
         assert len(frames) == int(row["conformers"]) == len(summary["conformers"])
         assert float(row["lowest_energy_eV"]) == pytest.approx(frames[0].info["energy_eV"])
         assert 0 < int(row["force_calls"]) <= 300
-        assert summary["merge_top_rotamers"] is True
+        assert summary["merge_top_rotamers"] is True and summary["charge"] == 0
     workers = {w for w in client.run(os.getpid).values()}
     assert len(workers) == 2
 
@@ -60,6 +60,17 @@ def test_screen_can_keep_methyl_rotamers_apart(tmp_path, client):
     assert screen(tmp_path / "lib.smi", tmp_path / "out", settings, client=client)[0]["status"] == "done"
     summary = json.loads((tmp_path / "out" / "ethanol" / "summary.json").read_text())
     assert summary["merge_top_rotamers"] is False and summary["settings"]["merge_rotamers"] is False
+
+
+def test_a_pyscf_screen_takes_each_molecules_own_charge(tmp_path, client):
+    (tmp_path / "lib.smi").write_text("C[NH3+] methylammonium\nCO methanol\n")
+    settings = dataclasses.replace(FAST, calc="pyscf", method="hf", basis="sto-3g",
+                                   walkers=2, max_calls=30)
+    rows = screen(tmp_path / "lib.smi", tmp_path / "out", settings, client=client)
+    assert [r["status"] for r in rows] == ["done", "done"], rows
+    charges = {name: json.loads((tmp_path / "out" / name / "summary.json").read_text())["charge"]
+               for name in ("methylammonium", "methanol")}
+    assert charges == {"methylammonium": 1, "methanol": 0}
 
 
 def test_bad_molecules_are_recorded_and_the_others_finish(tmp_path, client):
