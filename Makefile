@@ -10,6 +10,7 @@ $(BIN)/ecd-chem: pyproject.toml
 	$(BIN)/pip install -q --upgrade "pip>=23"
 	$(BIN)/pip install -q torch==2.13.0   # first, pinned: the CPU wheel, not the CUDA stack
 	$(BIN)/pip install -q -e ".[test,smiles]"
+	$(BIN)/ecd-chem fetch-models   # ANI-1ccx's network files, once (torchani 2.2.4 ships them empty)
 	touch $@
 
 setup: $(BIN)/ecd-chem
@@ -19,7 +20,7 @@ demo: setup
 	$(BIN)/python examples/search_butane.py demo-output
 
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	ECD_TEST_ANI1CCX=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench-local: setup
 	$(BIN)/python benchmarks/local.py

@@ -25,6 +25,8 @@ EXAMPLES = {
     "export": "example: ecd-chem export opt.traj -o opt.xyz",
     "screen": "example: ecd-chem screen molecules/library.smi --out screen-out --workers 2 "
               "--max-calls 1500",
+    "fetch-models": "example: ecd-chem fetch-models   (once, at set-up; then --calc ani1ccx "
+                    "runs offline)",
 }
 
 
@@ -146,6 +148,13 @@ def build_parser():
                    help="conformer file format in each molecule's folder")
     add_search_options(p)
     add_calculator_options(p)
+
+    p = sub.add_parser("fetch-models", help="install ANI-1ccx's network files once (the "
+                       "torchani 2.2.4 wheel ships them empty)", epilog=EXAMPLES["fetch-models"])
+    p.add_argument("--dir", help="where (default: $ECD_CHEM_ANI_DIR, else share/ecd_chem/ani "
+                                 "in this Python environment)")
+    p.add_argument("--wheel", help="a torchani-2.0-py3-none-any.whl already downloaded, for a "
+                                   "machine without the package index")
 
     p = sub.add_parser("export", help="convert a trajectory or ensemble",
                        epilog=EXAMPLES["export"])
@@ -326,6 +335,20 @@ def cmd_export(args):
     return 0
 
 
+def cmd_fetch_models(args):
+    from .calculators.ani import MODELS
+    from .calculators.ani_files import FETCHED, ani_data_dir, fetch_ani_files, missing_files
+    target = args.dir or ani_data_dir()
+    sizes = {folder: size for folder, size in MODELS.values()}
+    if args.wheel is None and not any(missing_files(os.path.join(target, f), sizes[f])
+                                      for f in FETCHED):
+        print(f"already installed in {target}", file=sys.stderr)
+        return 0
+    for path in fetch_ani_files(target, wheel=args.wheel):
+        print(f"installed {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_screen(args):
     from .screen import ScreenSettings, screen
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -363,7 +386,8 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         handler = {"optimize": cmd_optimize, "conformers": cmd_conformers,
-                   "export": cmd_export, "screen": cmd_screen}[args.command]
+                   "export": cmd_export, "screen": cmd_screen,
+                   "fetch-models": cmd_fetch_models}[args.command]
         return handler(args)
     except KeyboardInterrupt:
         print("ecd-chem: interrupted", file=sys.stderr)

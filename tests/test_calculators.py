@@ -207,24 +207,35 @@ def test_ani_equals_torchani_own_calculator(ani):
     assert np.allclose(atoms.get_forces(), theirs.get_forces(), atol=1e-5)
 
 
-def test_ani1ccx_loads_offline_or_says_why_not():
-    """torchani 2.2.4 as installed here ships ANI-1ccx files of zero bytes; then the
-    model must refuse clearly instead of downloading. Where the files are real it
-    must load and differ from ANI-1x."""
+def test_ani1ccx_is_its_own_model(ani_model):
+    """Methane: ANI-1ccx (fit to CCSD(T)*/CBS) -40.4645 Ha, ANI-1x (wB97X/6-31G*)
+    -40.4997 Ha; one model's files loaded for the other would show here."""
+    atoms = molecule("CH4")
+    atoms.calc = ANICalculator(ani_model, device="cpu", dtype=torch.float64)
+    expected = {"ani1x": -40.49965, "ani1ccx": -40.46449}[ani_model]
+    assert atoms.get_potential_energy() / Hartree == pytest.approx(expected, abs=2e-5)
+
+
+def test_ani1ccx_without_its_files_says_how_to_install_them(tmp_path, monkeypatch):
     import os
     import torchani
     from ecd_chem.calculators import ANIUnavailable
-    probe = os.path.join(os.path.dirname(torchani.__file__), "resources", "ani-1ccx_8x",
-                         "train0", "networks", "ANN-C.nnf")
-    atoms = molecule("CH4")
-    if os.path.getsize(probe) == 0:
-        with pytest.raises(ANIUnavailable, match="ani1ccx.*empty"):
-            ANICalculator("ani1ccx", device="cpu")
-        return
-    atoms.calc = ANICalculator("ani1ccx", device="cpu")
-    e_ccx = atoms.get_potential_energy()
-    atoms.calc = ANICalculator("ani1x", device="cpu")
-    assert abs(e_ccx - atoms.get_potential_energy()) > 1e-3
+    from ecd_chem.calculators.ani import _load_network, load_network
+    packaged = os.path.join(os.path.dirname(torchani.__file__), "resources", "ani-1ccx_8x",
+                            "train0", "networks", "ANN-C.nnf")
+    if os.path.getsize(packaged) > 0:
+        pytest.skip("this torchani ships ANI-1ccx's files itself")
+    monkeypatch.setenv("ECD_CHEM_ANI_DIR", str(tmp_path))
+    caches = (_load_network, load_network)          # built models are cached per process
+    for cache in caches:
+        cache.cache_clear()
+    try:
+        for dtype in (torch.float32, torch.float64):
+            with pytest.raises(ANIUnavailable, match="ani1ccx.*empty.*ecd-chem fetch-models"):
+                ANICalculator("ani1ccx", device="cpu", dtype=dtype)
+    finally:
+        for cache in caches:
+            cache.cache_clear()
 
 
 def test_ani_batched_equals_the_loop():
@@ -239,10 +250,10 @@ def test_ani_batched_equals_the_loop():
         assert torch.allclose(f1[0], forces[w], atol=1e-8)
 
 
-def test_ani_float64_forces_equal_finite_differences():
+def test_ani_float64_forces_equal_finite_differences(ani_model):
     atoms = molecule("CH3CH2OH")
     atoms.rattle(0.05, seed=3)
-    atoms.calc = ANICalculator("ani1x", device="cpu", dtype=torch.float64)
+    atoms.calc = ANICalculator(ani_model, device="cpu", dtype=torch.float64)
     analytic = atoms.get_forces()
     numeric = central_differences(atoms, PAIRS, h=1e-4)
     assert np.allclose([analytic[i, k] for i, k in PAIRS], numeric, atol=1e-5)
@@ -311,8 +322,8 @@ def test_batch_ensemble_equals_torchani_ensemble_and_its_gradient():
 
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-9), (torch.float32, 5e-4)])
-def test_ani_batched_modules_equal_torchani_modules(dtype, atol):
-    model = ANIModel("ani1x", device="cpu", dtype=dtype)
+def test_ani_batched_modules_equal_torchani_modules(dtype, atol, ani_model):
+    model = ANIModel(ani_model, device="cpu", dtype=dtype)
     atoms = read(MOLECULES / "alanine_dipeptide.xyz")
     rng = np.random.default_rng(2)
     x = torch.tensor(atoms.positions[None] + rng.normal(0, 0.05, (4, len(atoms), 3)))
@@ -389,3 +400,56 @@ def test_batch_aev_equals_torchani_aev_and_its_gradient(name):
     (ga,) = torch.autograd.grad((ours * weights).sum(), a)
     (gb,) = torch.autograd.grad((theirs * weights).sum(), b)
     assert torch.allclose(ga, gb, atol=1e-9)
+
+
+# -- ANI-1ccx's files: the one-time install ----------------------------------------------------
+
+def fake_torchani_wheel(path, folder="ani-1ccx_8x", content=b"x"):
+    """A zip laid out like a torchani wheel, with one model folder's files
+    (content as given) and the empty 'train' entry the 2.0 wheel carries."""
+    import zipfile
+    from ecd_chem.calculators.ani_files import CONSTANTS
+    prefix = f"torchani/resources/{folder}/"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(prefix + CONSTANTS, content)
+        archive.writestr(prefix + "sae_linfit.dat", content)
+        archive.writestr(prefix + "train", b"")
+        for k in range(8):
+            for element in "HCNO":
+                archive.writestr(f"{prefix}train{k}/networks/ANN-{element}.nnf", content)
+        archive.writestr("torchani/__init__.py", b"")
+    return path
+
+
+def test_install_from_wheel_writes_the_model_folder_whole_and_replaces_an_old_one(tmp_path):
+    import os
+    from ecd_chem.calculators.ani_files import install_from_wheel, missing_files
+    target = tmp_path / "ani"
+    (target / "ani-1ccx_8x" / "stale").mkdir(parents=True)
+    wheel = fake_torchani_wheel(tmp_path / "torchani.whl")
+    (written,) = install_from_wheel(str(wheel), str(target))
+    assert written == str(target / "ani-1ccx_8x")
+    assert missing_files(written, 8) == []
+    assert not (target / "ani-1ccx_8x" / "stale").exists()
+    assert not (target / "ani-1ccx_8x" / "train").exists()        # the empty entry is left out
+    assert sorted(os.listdir(target)) == ["ani-1ccx_8x"]            # no staging folder left
+
+
+def test_a_wheel_without_the_models_files_installs_nothing(tmp_path):
+    from ecd_chem.calculators.ani_files import install_from_wheel
+    wheel = fake_torchani_wheel(tmp_path / "torchani.whl", folder="ani-1x_8x")
+    with pytest.raises(ValueError, match="no files for ani-1ccx_8x"):
+        install_from_wheel(str(wheel), str(tmp_path / "ani"))
+    assert list((tmp_path / "ani").iterdir()) == []
+
+
+def test_fetch_models_refuses_a_wheel_that_is_not_torchani_2_0(tmp_path):
+    import subprocess
+    import sys
+    wheel = fake_torchani_wheel(tmp_path / "torchani-2.0-py3-none-any.whl")
+    run = subprocess.run([sys.executable, "-m", "ecd_chem.cli", "fetch-models", "--wheel",
+                          str(wheel), "--dir", str(tmp_path / "ani")],
+                         capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "is not the torchani==2.0 wheel" in run.stderr
+    assert not (tmp_path / "ani" / "ani-1ccx_8x").exists()

@@ -28,6 +28,17 @@ def test_optimize_writes_structure_and_trajectory(tmp_path):
     assert len(final) == 9 and len(frames) >= 2
 
 
+def test_optimize_with_each_ani_model(tmp_path, ani_model):
+    """Relaxed ethanol: ANI-1x -154.990 Ha, ANI-1ccx -154.892 Ha."""
+    from ase.units import Hartree
+    run = cli("optimize", ETHANOL, "-o", str(tmp_path / "min.xyz"), "--calc", ani_model,
+              "--fmax", "0.02")
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.startswith("converged")
+    energy = float(run.stderr.split("E = ")[1].split()[0]) / Hartree
+    assert energy == pytest.approx({"ani1x": -154.990, "ani1ccx": -154.892}[ani_model], abs=1e-3)
+
+
 def test_optimize_xyz_trajectory_and_export(tmp_path):
     traj = tmp_path / "opt.xyz"
     assert cli("optimize", ETHANOL, "-o", str(tmp_path / "m.xyz"), "--traj", str(traj),

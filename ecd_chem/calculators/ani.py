@@ -2,7 +2,9 @@
 
 The networks are built from the NeuroChem files packaged inside the torchani
 2.2.4 wheel, offline: its ``.info`` index files are empty, so the stock
-``torchani.models.ANI1x()`` would try to download them.
+``torchani.models.ANI1x()`` would try to download them. Its ANI-1ccx files are
+empty too; ``ecd-chem fetch-models`` installs them once from the torchani 2.0
+wheel (see :mod:`.ani_files`).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from ase import Atoms
 from ase.units import Hartree
 
 from ..structures import formal_charge
+from .ani_files import CONSTANTS, ani_data_dir, missing_files
 from .base import BatchCalculator, BatchModel
 
 class ANIUnavailable(RuntimeError):
@@ -23,7 +26,6 @@ class ANIUnavailable(RuntimeError):
 # model name -> (resource folder, ensemble size)
 MODELS = {"ani1x": ("ani-1x_8x", 8), "ani1ccx": ("ani-1ccx_8x", 8)}
 SUPPORTED_ELEMENTS = ("H", "C", "N", "O")
-_CONSTANTS = "rHCNO-5.2R_16-3.5A_a4-8.params"
 
 
 def _import_torchani():
@@ -61,15 +63,16 @@ def _load_network(name: str):
     from torchani import neurochem
 
     folder, size = MODELS[name]
-    root = os.path.join(os.path.dirname(torchani.__file__), "resources", folder)
-    required = [os.path.join(root, _CONSTANTS), os.path.join(root, "sae_linfit.dat"),
-                os.path.join(root, "train0", "networks", "ANN-C.nnf")]
-    missing = [path for path in required if not os.path.isfile(path) or os.path.getsize(path) == 0]
-    if missing:
+    roots = [os.path.join(os.path.dirname(torchani.__file__), "resources", folder),
+             os.path.join(ani_data_dir(), folder)]
+    root = next((r for r in roots if not missing_files(r, size)), None)
+    if root is None:
         raise ANIUnavailable(
             f"{name}: the network files packaged with this torchani install are missing or "
-            f"empty ({missing[0]}); this model cannot be built offline here")
-    consts = neurochem.Constants(os.path.join(root, _CONSTANTS))
+            f"empty ({missing_files(roots[0], size)[0]}), and none were installed in "
+            f"{roots[1]}; install them once with `ecd-chem fetch-models`, which takes them "
+            "from the torchani 2.0 wheel on the package index")
+    consts = neurochem.Constants(os.path.join(root, CONSTANTS))
     aev = torchani.AEVComputer(**consts)
     shifter = neurochem.load_sae(os.path.join(root, "sae_linfit.dat"))
     ensemble = neurochem.load_model_ensemble(consts.species, os.path.join(root, "train"), size)
