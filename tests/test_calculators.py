@@ -194,15 +194,15 @@ def test_pyscf_batch_model_has_one_scanner_per_walker():
 
 # -- ANI ------------------------------------------------------------------------------------
 
-def test_ani_equals_torchani_own_calculator(ani):
+def test_ani_equals_torchani_own_calculator(ani_model):
     import torchani.ase
     from ecd_chem.calculators.ani import load_network
-    network, species = load_network("ani1x", "cpu", torch.float64)
+    network, species = load_network(ani_model, "cpu", torch.float64)
     atoms = molecule("CH3CH2OH")
     atoms.rattle(0.1, seed=0)
     theirs = atoms.copy()
     theirs.calc = torchani.ase.Calculator(list(species), network)
-    atoms.calc = ANICalculator("ani1x", device="cpu", dtype=torch.float64)
+    atoms.calc = ANICalculator(ani_model, device="cpu", dtype=torch.float64)
     assert abs(atoms.get_potential_energy() - theirs.get_potential_energy()) < 1e-5
     assert np.allclose(atoms.get_forces(), theirs.get_forces(), atol=1e-5)
 
