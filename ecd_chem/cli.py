@@ -236,11 +236,9 @@ def cmd_optimize(args):
     return 0 if converged else 1
 
 
-def calculator_settings(args, atoms) -> dict:
-    from .structures import formal_charge
-    charge = formal_charge(atoms) if args.charge is None else args.charge
+def calculator_settings(args, calc) -> dict:
     return {"name": args.calc, "device": args.device, **(
-        {"method": args.method, "basis": args.basis, "charge": charge, "spin": args.spin}
+        {"method": args.method, "basis": args.basis, "charge": calc.charge, "spin": calc.spin}
         if args.calc == "pyscf" else {})}
 
 
@@ -251,9 +249,9 @@ def search_settings(args, search) -> dict:
             "merge_top_rotamers": search.merge_top_rotamers}
 
 
-def summary(args, atoms, result, search, wall):
+def summary(args, calc, result, search, wall):
     return {"input": args.input or {"smiles": args.smiles},
-            "calculator": calculator_settings(args, atoms), "search": search_settings(args, search),
+            "calculator": calculator_settings(args, calc), "search": search_settings(args, search),
             "seed": args.seed, **result.to_dict(), "wall_time_s": wall}
 
 
@@ -311,7 +309,7 @@ def cmd_conformers(args):
         name = args.smiles or os.path.basename(args.input)
         plot_search(result, args.plot, title=f"ECD conformer search: {name} ({args.calc})")
     if args.json:
-        data = summary(args, atoms, result, search, wall)
+        data = summary(args, calc, result, search, wall)
         data["interrupted"] = interrupted
         atomic_write(args.json, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(data, indent=1)))
     if not args.quiet:
@@ -336,12 +334,9 @@ def cmd_export(args):
 
 
 def cmd_fetch_models(args):
-    from .calculators.ani import MODELS
-    from .calculators.ani_files import FETCHED, ani_data_dir, fetch_ani_files, missing_files
+    from .calculators.ani_files import ani_data_dir, fetch_ani_files, installed
     target = args.dir or ani_data_dir()
-    sizes = {folder: size for folder, size in MODELS.values()}
-    if args.wheel is None and not any(missing_files(os.path.join(target, f), sizes[f])
-                                      for f in FETCHED):
+    if args.wheel is None and installed(target):
         print(f"already installed in {target}", file=sys.stderr)
         return 0
     for path in fetch_ani_files(target, wheel=args.wheel):

@@ -16,15 +16,13 @@ from ase import Atoms
 from ase.units import Hartree
 
 from ..structures import formal_charge
-from .ani_files import CONSTANTS, ani_data_dir, missing_files
+from .ani_files import CONSTANTS, MODELS, ani_data_dir, missing_files
 from .base import BatchCalculator, BatchModel
 
 class ANIUnavailable(RuntimeError):
     """The packaged network files for a model are missing or empty."""
 
 
-# model name -> (resource folder, ensemble size)
-MODELS = {"ani1x": ("ani-1x_8x", 8), "ani1ccx": ("ani-1ccx_8x", 8)}
 SUPPORTED_ELEMENTS = ("H", "C", "N", "O")
 
 

@@ -20,8 +20,10 @@ import zipfile
 #: the wheel that holds ANI-1ccx's files, and its SHA-256 (PyPI's file)
 SOURCE_WHEEL = "torchani==2.0"
 SOURCE_SHA256 = "87db70affc847c3aa26081607166580a6e6b01f33e09218e2c5b26f66b45ed89"
-#: model folders taken from it
-FETCHED = ("ani-1ccx_8x",)
+#: model name -> (resource folder, networks in its ensemble)
+MODELS = {"ani1x": ("ani-1x_8x", 8), "ani1ccx": ("ani-1ccx_8x", 8)}
+#: the models whose files are taken from that wheel
+FETCHED = ("ani1ccx",)
 CONSTANTS = "rHCNO-5.2R_16-3.5A_a4-8.params"
 
 
@@ -47,15 +49,22 @@ def missing_files(root: str, size: int) -> list[str]:
             if not os.path.isfile(p) or os.path.getsize(p) == 0]
 
 
-def install_from_wheel(wheel: str, target: str | None = None, folders=FETCHED) -> list[str]:
-    """Extract the model ``folders`` of a torchani wheel into ``target``
+def installed(target: str | None = None) -> bool:
+    """Whether every fetched model's files are complete in ``target``."""
+    target = target or ani_data_dir()
+    return not any(missing_files(os.path.join(target, MODELS[m][0]), MODELS[m][1])
+                   for m in FETCHED)
+
+
+def install_from_wheel(wheel: str, target: str | None = None, models=FETCHED) -> list[str]:
+    """Extract the folders of ``models`` from a torchani wheel into ``target``
     (default :func:`ani_data_dir`); each folder appears whole or not at all.
     Returns the folders written."""
     target = target or ani_data_dir()
     os.makedirs(target, exist_ok=True)
     written = []
     with zipfile.ZipFile(wheel) as archive:
-        for folder in folders:
+        for folder in (MODELS[m][0] for m in models):
             prefix = f"torchani/resources/{folder}/"
             members = [m for m in archive.infolist()
                        if m.filename.startswith(prefix) and not m.is_dir() and m.file_size > 0]
