@@ -255,20 +255,6 @@ def summary(args, calc, result, search, wall):
             "seed": args.seed, **result.to_dict(), "wall_time_s": wall}
 
 
-def conformer_table(conformers, rows: int = 10) -> str:
-    """The lowest ``rows`` conformers as a text table (energy above the lowest,
-    Boltzmann weight, landings in each, force calls when first found)."""
-    lines = ["rank  dE (kcal/mol)  weight  visits  found at call"]
-    for c in conformers[:rows]:
-        info = c.info
-        lines.append(f"{info['rank']:4d}  {info['relative_kcal_mol']:13.3f}  "
-                     f"{100 * info['boltzmann_weight']:5.1f}%  {info['visits']:6d}  "
-                     f"{info['found_at_force_call']:13d}")
-    if len(conformers) > rows:
-        lines.append(f"... and {len(conformers) - rows} more in the output file")
-    return "\n".join(lines)
-
-
 def cmd_conformers(args):
     from . import ConformerSearch
     from .structures import atomic_write, from_smiles, read_structure
@@ -313,7 +299,7 @@ def cmd_conformers(args):
         data["interrupted"] = interrupted
         atomic_write(args.json, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(data, indent=1)))
     if not args.quiet:
-        print(conformer_table(result.conformers), file=sys.stderr)
+        print(result.table(), file=sys.stderr)
         print(f"{len(result.conformers)} conformers, lowest {result.best.info['energy']:.6f} eV, "
               f"{result.force_calls} force calls (ECD {result.ecd_calls}, quench "
               f"{result.quench_calls}, refine {result.refine_calls}); wrote {args.output}",

@@ -91,8 +91,9 @@ class Minimum:
 @dataclass
 class SearchResult:
     """conformers: ascending energy, each with info energy (eV), rank,
-    relative_kcal_mol and boltzmann_weight; best: the lowest; force_calls: every
-    energy+force evaluation used (ecd_calls + quench_calls + refine_calls)."""
+    relative_kcal_mol, boltzmann_weight, visits and found_at_force_call; best:
+    the lowest; force_calls: every energy+force evaluation used (ecd_calls +
+    quench_calls + refine_calls)."""
 
     conformers: list[Atoms]
     force_calls: int
@@ -109,6 +110,19 @@ class SearchResult:
     @property
     def best(self) -> Atoms:
         return self.conformers[0]
+
+    def table(self, rows: int = 10) -> str:
+        """The lowest ``rows`` conformers as text: energy above the lowest,
+        Boltzmann weight, landings in each, force calls when first found."""
+        lines = ["rank  dE (kcal/mol)  weight  visits  found at call"]
+        for c in self.conformers[:rows]:
+            info = c.info
+            lines.append(f"{info['rank']:4d}  {info['relative_kcal_mol']:13.3f}  "
+                         f"{100 * info['boltzmann_weight']:5.1f}%  {info['visits']:6d}  "
+                         f"{info['found_at_force_call']:13d}")
+        if len(self.conformers) > rows:
+            lines.append(f"... and {len(self.conformers) - rows} more")
+        return "\n".join(lines)
 
     def to_dict(self) -> dict:
         """JSON-ready summary: formula, force calls (total and split), minima

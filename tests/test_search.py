@@ -776,6 +776,9 @@ def test_each_conformer_reports_how_often_it_was_landed_in():
     window = [m for m in search.minima if m.energy <= search.lowest + search.energy_window]
     assert sum(visits) == sum(m.visits for m in window)
     assert [c["visits"] for c in result.to_dict()["conformers"]] == visits
+    table = result.table(rows=1).splitlines()
+    assert len(table) == 3 and table[1].split()[3] == str(visits[0])
+    assert table[2] == f"... and {len(visits) - 1} more"
     # a duplicate test loose enough to merge every record into the lowest: its visits add up
     search.energy_tolerance, search.rmsd_threshold = 10.0, 10.0
     (merged,) = search.current_result().conformers
