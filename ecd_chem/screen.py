@@ -162,7 +162,7 @@ def search_molecule(molecule: Molecule, settings: ScreenSettings, out: str) -> d
     wall = time.perf_counter() - t0
     summary = {"name": molecule.name, "input": molecule.source, "settings": asdict(settings),
                "run_id": uuid.uuid4().hex,
-               "charge": getattr(calc, "charge", 0),   # settings.charge None: this molecule's
+               "charge": getattr(calc, "charge", 0),   # PySCF's, resolved per molecule; else 0
                "kind": search.kind, "merge_top_rotamers": search.merge_top_rotamers,
                **result.to_dict(), "wall_time_s": wall}
     final = os.path.join(out, molecule.name)

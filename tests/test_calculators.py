@@ -426,6 +426,7 @@ def test_install_from_wheel_writes_the_model_folder_whole_and_replaces_an_old_on
     from ecd_chem.calculators.ani_files import install_from_wheel, missing_files
     target = tmp_path / "ani"
     (target / "ani-1ccx_8x" / "stale").mkdir(parents=True)
+    (target / ".tmp-ani-1ccx_8x.999999999.abc").mkdir()      # a killed install's leftover
     wheel = fake_torchani_wheel(tmp_path / "torchani.whl")
     (written,) = install_from_wheel(str(wheel), str(target))
     assert written == str(target / "ani-1ccx_8x")

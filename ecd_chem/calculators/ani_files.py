@@ -17,6 +17,8 @@ import sys
 import tempfile
 import zipfile
 
+from ..structures import remove_stale_temps, temp_prefix
+
 #: the wheel that holds ANI-1ccx's files, and its SHA-256 (PyPI's file)
 SOURCE_WHEEL = "torchani==2.0"
 SOURCE_SHA256 = "87db70affc847c3aa26081607166580a6e6b01f33e09218e2c5b26f66b45ed89"
@@ -70,7 +72,8 @@ def install_from_wheel(wheel: str, target: str | None = None, models=FETCHED) ->
                        if m.filename.startswith(prefix) and not m.is_dir() and m.file_size > 0]
             if not members:
                 raise ValueError(f"{os.path.basename(wheel)} holds no files for {folder}")
-            staging = tempfile.mkdtemp(dir=target, prefix=f".tmp-{folder}.")
+            remove_stale_temps(target, folder)      # a killed install's half-written folder
+            staging = tempfile.mkdtemp(dir=target, prefix=temp_prefix(folder))
             try:
                 for member in members:
                     path = os.path.join(staging, member.filename[len(prefix):])
