@@ -577,6 +577,34 @@ def sparse_directions(weights: torch.Tensor, count: int = 2):
     return draw
 
 
+def hinge_directions(tangents, weights: torch.Tensor, precon=False):
+    """A ``directions(x, rng)`` for :func:`bounce` in Cartesian space that
+    pushes along one hinge per walker, drawn with probabilities proportional to
+    ``weights`` (T,): ``tangents(x)`` (W, T, N, 3) says how the atoms move per
+    radian of each hinge (``TorsionSpace.tangents``: turning a bond, flapping
+    a ring corner), with a random sign. The push is made soft by the
+    preconditioner (P^-1 t, ``precon`` as in QuenchParams), so the neighbours
+    of the moving group follow instead of resisting, rigid motions removed.
+    The conformer search uses it for molecules with puckered rings, whose
+    pucker changes by a coherent motion that no rigid rotation gives. No force calls.
+    """
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    if weights.ndim != 1 or not bool((weights >= 0).all()) or not bool((weights > 0).any()):
+        raise ValueError("hinge_directions needs non-negative weights, some positive")
+
+    def draw(x, rng):
+        W = x.shape[0]
+        rows = torch.arange(W, device=x.device)
+        pick = torch.multinomial(weights.to(x.dtype).expand(W, -1), 1, generator=rng).squeeze(1)
+        sign = torch.randn(W, generator=rng, dtype=x.dtype, device=x.device).sign()
+        d = tangents(x)[rows, pick] * sign[:, None, None]                          # (W, N, 3)
+        solve = preconditioner_solver(precon, x)
+        if solve is not None:
+            d = solve(d.reshape(W, 1, -1)).reshape(x.shape)
+        return rigid_free(x, d)
+    return draw
+
+
 def quench_preconditioner(choice, adjacency=None):
     """QuenchParams.precon for a choice: False (none), 'exp', or 'bonded' (a
     BondedPreconditioner of ``adjacency``, the (N, N) bond graph)."""

@@ -232,6 +232,73 @@ def rotatable_bonds(adjacency: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
     return bonds
 
 
+def _reachable(adjacency: np.ndarray, start: int, blocked) -> np.ndarray:
+    """(N,) bool mask of the atoms reachable from ``start`` without entering ``blocked``."""
+    seen = np.zeros(len(adjacency), bool)
+    seen[start] = True
+    stack = [start]
+    while stack:
+        k = stack.pop()
+        for m in np.flatnonzero(adjacency[k]):
+            if not seen[m] and m not in blocked:
+                seen[m] = True
+                stack.append(m)
+    return seen
+
+
+def _shortest_path(adjacency: np.ndarray, a: int, b: int, avoid: int) -> list[int] | None:
+    """Atoms of a shortest bonded path from a to b that avoids ``avoid`` (None: none)."""
+    previous = {a: None}
+    frontier = [a]
+    while frontier and b not in previous:
+        following = []
+        for k in frontier:
+            for m in np.flatnonzero(adjacency[k]):
+                if m != avoid and m not in previous:
+                    previous[int(m)] = k
+                    following.append(int(m))
+        frontier = following
+    if b not in previous:
+        return None
+    path = [b]
+    while path[-1] != a:
+        path.append(previous[path[-1]])
+    return path[::-1]
+
+
+def ring_corners(adjacency: np.ndarray, positions, planar_within: float = 0.1
+                 ) -> list[tuple[int, int, np.ndarray]]:
+    """Hinges that flap the corners of puckered rings: (a, b, side) for each ring
+    atom k whose only ring neighbours are a and b, ``side`` the (N,) bool mask
+    of k and its substituents. Turning ``side`` about the axis through a and b
+    keeps k's bonds to a and b and the angle a-k-b; it moves k through the
+    ring's mean plane (chair -> boat in cyclohexane), which is how rings change
+    pucker. Left out: 3-rings, ring-fusion atoms (the side would reach a or b)
+    and rings whose atoms all lie within ``planar_within`` (A) of one plane in
+    ``positions`` (aromatic rings, which have no pucker to change)."""
+    adjacency = np.asarray(adjacency, bool)
+    positions = np.asarray(positions, float)
+    corners = []
+    for k in range(len(adjacency)):
+        neighbours = np.flatnonzero(adjacency[k])
+        for n1, a in enumerate(neighbours):
+            for b in neighbours[n1 + 1:]:
+                path = _shortest_path(adjacency, int(a), int(b), avoid=k)
+                if path is None or len(path) < 3:        # not a ring, or a 3-ring
+                    continue
+                side = _reachable(adjacency, k, blocked={int(a), int(b)})
+                beyond = side & ~(np.arange(len(side)) == k)
+                if (adjacency[[a, b]] & beyond).any():   # k is where rings are fused
+                    continue
+                ring = positions[path + [k]]
+                centred = ring - ring.mean(0)
+                normal = np.linalg.svd(centred)[2][-1]
+                if np.abs(centred @ normal).max() < planar_within:
+                    continue
+                corners.append((int(a), int(b), side))
+    return corners
+
+
 class CartesianSpace:
     """Cartesian coordinates for ECD (atomic clusters): q is the geometry itself."""
 
@@ -262,29 +329,36 @@ def symmetric_top_ends(adjacency: np.ndarray, numbers) -> np.ndarray:
 
 
 class TorsionSpace:
-    """Torsion angles about the rotatable bonds as coordinates for ECD.
+    """Hinge angles as coordinates for ECD: torsions about the rotatable bonds
+    and, given ``positions``, the flaps of puckered ring corners (``ring_corners``).
 
-    The walker's coordinates q (W, T, 1) are torsion angles (radians) measured
+    The walker's coordinates q (W, T, 1) are hinge angles (radians) measured
     from where its excursion began; its Cartesian geometry follows by rigid
-    rotations of each bond's smaller side. Bond lengths and angles stay as they
-    were, so no stiff mode limits the time step. dF/dq_b = -sum_k F_k . (u_b x
-    (r_k - r_j)) over the rotating atoms k (u_b the unit bond axis).
+    rotations of each hinge's side about its axis (a rotatable bond, or the
+    line through a ring corner's two ring neighbours). Bond lengths stay as
+    they were, so no stiff mode limits the time step. dF/dq_b = -sum_k F_k .
+    (u_b x (r_k - r_j)) over the rotating atoms k (u_b the unit axis, r_j a
+    point on it).
     """
 
-    def __init__(self, adjacency: np.ndarray, numbers=None):
+    def __init__(self, adjacency: np.ndarray, numbers=None, positions=None):
         bonds = rotatable_bonds(adjacency)
-        self.count = len(bonds)
-        self.i = np.array([b[0] for b in bonds], dtype=int)
-        self.j = np.array([b[1] for b in bonds], dtype=int)
-        self.side = (np.stack([b[2] for b in bonds]).astype(float) if bonds
+        corners = [] if positions is None else ring_corners(adjacency, positions)
+        hinges = bonds + corners
+        self.count = len(hinges)
+        self.i = np.array([h[0] for h in hinges], dtype=int)
+        self.j = np.array([h[1] for h in hinges], dtype=int)
+        self.side = (np.stack([h[2] for h in hinges]).astype(float) if hinges
                      else np.zeros((0, len(adjacency))))
+        # (T,) hinges that flap a ring corner rather than turn a bond
+        self.corner = np.arange(self.count) >= len(bonds)
         # (T,) torsions that turn a symmetric top (CH3, CF3): three like terminal
         # atoms on either end, so a turn by 120 degrees gives back the same conformer
         self.symmetric_top = np.zeros(self.count, bool)
         if numbers is not None:
             ends, bonded = symmetric_top_ends(adjacency, numbers), np.asarray(adjacency, bool)
-            self.symmetric_top[:] = [ends[bonded[i]].sum() == 3 or ends[bonded[j]].sum() == 3
-                                     for i, j in zip(self.i, self.j)]
+            self.symmetric_top[:len(bonds)] = [ends[bonded[i]].sum() == 3 or ends[bonded[j]].sum() == 3
+                                               for i, j in zip(self.i[:len(bonds)], self.j[:len(bonds)])]
 
     def initial(self, cart):
         import torch
@@ -294,14 +368,18 @@ class TorsionSpace:
         xi, xj = cart[:, self.i], cart[:, self.j]
         return (xj - xi) / (xj - xi).norm(dim=-1, keepdim=True), xj
 
-    def gradient(self, cart, cart_gradient):
-        """dF/dq (W, T, 1) from the Cartesian gradient (W, N, 3) at ``cart``."""
+    def tangents(self, cart):
+        """(W, T, N, 3): how each atom moves per radian of each hinge at ``cart``
+        (u_b x (r_k - r_j) on the hinge's side, zero elsewhere)."""
         import torch
         axis, origin = self._axes(cart)                                      # (W, T, 3)
         arm = cart[:, None] - origin[:, :, None]                             # (W, T, N, 3)
         tangent = torch.cross(axis[:, :, None].expand_as(arm), arm, dim=-1)
-        side = torch.as_tensor(self.side, dtype=cart.dtype)[None, :, :, None]
-        return (tangent * side * cart_gradient[:, None]).sum((2, 3))[..., None]
+        return tangent * torch.as_tensor(self.side, dtype=cart.dtype)[None, :, :, None]
+
+    def gradient(self, cart, cart_gradient):
+        """dF/dq (W, T, 1) from the Cartesian gradient (W, N, 3) at ``cart``."""
+        return (self.tangents(cart) * cart_gradient[:, None]).sum((2, 3))[..., None]
 
     def move(self, cart, dq):
         """Rotate each bond's side of ``cart`` (W, N, 3) by dq (W, T, 1), in turn."""
