@@ -11,7 +11,10 @@ batched evaluation per step (one ANI forward pass for W walkers):
   the directions in which recent excursions from that home reached known
   minima; in
   torsion space (flexible molecules) it goes on one torsion drawn at random,
-  methyl rotors less often, so the energy crosses its barrier. A molecule's
+  methyl rotors less often, so the energy crosses its barrier. Molecules with
+  a puckered ring move in Cartesians instead, pushed along one hinge (a
+  torsion, or a ring corner's flap) and not bounced, so that the ring can
+  change its pucker on a long coherent path (``ring_flips``). A molecule's
   excursion runs all its steps and is harvested at its lowest point after
   the first third (near low V the walker slows down, so that is a good place
   to look for a basin); a cluster's ends at the third dip of the energy along
@@ -164,14 +167,17 @@ class ConformerSearch:
         others at ``atoms`` rattled by ``start_rattle`` (A).
     kind: 'molecule', 'cluster' or 'auto' (cluster when all atoms are one element).
     excursion_energy: initial dE above home, adapted per walker between /4 and x8.
-        Defaults: 0.5 eV for molecules with rotatable bonds, 0.3 eV for rigid
-        ones; 5 for clusters, in the units of LJ with epsilon = 1 (scale it with
-        the binding energy per atom for other potentials).
+        Defaults: 0.5 eV for molecules with rotatable bonds, 0.8 eV for
+        molecules with puckered rings (``ring_flips``), 0.3 eV for rigid ones;
+        5 for clusters, in the units of LJ with epsilon = 1 (scale it with the
+        binding energy per atom for other potentials).
     gap: initial height of the walker above its floor (molecules 0.5 eV, clusters 4).
     excursion_steps, dt, gap, bounce_every, method, eta: the ECD excursion
-        (steps: clusters 60, molecules 30). Molecules with rotatable bonds move
-        in torsion space instead, with ``torsion_dt``, at most
-        ``torsion_max_step`` radians per torsion per step, and 15 steps.
+        (steps: clusters 60, molecules 30; dt 0.1; a bounce every 10 steps).
+        Molecules with rotatable bonds move in torsion space instead, with
+        ``torsion_dt``, at most ``torsion_max_step`` radians per torsion per
+        step, and 15 steps; molecules with puckered rings in Cartesians with
+        70 steps of 0.2 and no bounces (``ring_flips``).
     excursion_minima: k; an excursion ends at the k-th dip of the energy along
         its path (a point lower than the steps before and after it: the walker
         has crossed into a basin), which its quench starts from; Goedecker's
@@ -189,7 +195,8 @@ class ConformerSearch:
         goes on ``kick_torsions`` (default 1) torsions drawn at random,
         symmetric tops (CH3) drawn with weight ``top_weight`` against 1, so the
         energy crosses a torsional barrier instead of spreading over all; the
-        bounces then turn the walker onto other torsions. Bounces are isotropic.
+        bounces then turn the walker onto other torsions. Bounces are isotropic,
+        except under ``ring_flips``, where kicks and any bounces go along hinges.
     kick_memory: in Cartesian space, a quench that ends in a known minimum
         other than home leaves the direction from home to its end; the kicks
         from that home leave out the last ``kick_memory`` of these directions,
@@ -263,6 +270,24 @@ class ConformerSearch:
         molecules 0.05). accept_rate: its factor (>= 1, default 1.1).
     home_temperature: that draw's temperature (eV; molecules 0.02, about 0.5
         kcal/mol; clusters 0.8 in LJ units).
+    ring_flips: a molecule with a puckered ring (some ring atom off the ring's
+        plane: not aromatic rings; see ``structures.ring_corners``) explores in
+        Cartesians instead of torsion space. Each excursion's push goes along
+        one hinge drawn at random: a rotatable bond's torsion or the flap of
+        a ring corner (the corner and its substituents turning about the line
+        through its two ring neighbours; symmetric tops weighted
+        ``top_weight``), made soft by the bonded preconditioner so that the
+        neighbours follow. A ring changes its pucker (chair, boat, twist; ~11
+        kcal/mol over the half-chair in cyclohexane) only by a coherent
+        motion of all its atoms, which rigid turns about bonds cannot make
+        (a rigid corner flap costs eV), and which isotropic bounces broke up:
+        the excursions run 70 steps of dt 0.2 with no bounce, and harvest
+        their lowest point after the first third. From the higher chair, axial
+        methylcyclohexane (ANI-1x) reaches the equatorial one in every run
+        measured (benchmarks/EXPERIMENTS.md, session 40). The price: chains
+        on such a molecule are explored by these long Cartesian excursions
+        rather than 15 torsion steps. False: torsion space, and each ring
+        keeps the pucker of its starts (give ring conformers as ``starts``).
     quench_fmax, refine_fmax (eV/A): quench and final refinement thresholds.
     screen_fmax (eV/A): a quench whose energy stays above the lowest known
         minimum (by more than the archive's energy gate) may stop at this looser
@@ -311,12 +336,12 @@ class ConformerSearch:
                  max_force_calls: int = 5000, seed: int = 0, *, starts=None, kind="auto",
                  excursion_energy=None, excursion_steps=None, excursion_minima=None,
                  energy_growth=1.5,
-                 harvest_after=1 / 3, dt=0.1, gap=None, bounce_every=10,
+                 harvest_after=1 / 3, dt=None, gap=None, bounce_every=None,
                  torsion_dt=0.9, torsion_max_step=0.35, home_policy="auto", home_temperature=None,
                  leave_at=4.0, home_patience=None, accept_above=None, accept_rate=1.1, method="bbi",
                  eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_memory=None,
                  kick_torsions=1, surface_kicks=None, restart_after=None, restart_stalled=None,
-                 restart_from="start", top_weight=0.3,
+                 restart_from="start", top_weight=0.3, ring_flips=True,
                  quench_fmax=None, screen_fmax=None, revisit_fmax=None, revisit_rmsd=None,
                  home_radius=None, quench_steps=500, precon=None,
                  refine_fmax=None,
@@ -424,9 +449,10 @@ class ConformerSearch:
         if int(kick_torsions) < 1 or not top_weight >= 0:
             raise ValueError(f"kick_torsions must be >= 1 and top_weight >= 0, got "
                              f"{kick_torsions} and {top_weight}")
-        self.hp = ecd.ECDParams(method=method, dt=dt, eta=eta, gap=gap or (4.0 if cluster else 0.5),
-                                bounce_every=bounce_every, fixed_bounces=10 ** 9,
-                                max_step=max_step)
+        self.hp = ecd.ECDParams(method=method, dt=0.1 if dt is None else dt, eta=eta,
+                                gap=gap or (4.0 if cluster else 0.5),
+                                bounce_every=10 if bounce_every is None else int(bounce_every),
+                                fixed_bounces=10 ** 9, max_step=max_step)
         if precon is None:               # measured: EXPERIMENTS.md
             precon = True
         if precon is True:
@@ -467,9 +493,26 @@ class ConformerSearch:
         self.top_ends = (symmetric_top_ends(self.topology, self.atoms.numbers)
                          if self.merge_top_rotamers else np.zeros(len(atoms), bool))
         # molecules explore in torsion space, where conformers differ and no
-        # stiff bond limits the step; clusters (and rigid molecules) in Cartesians
-        torsions = None if cluster else TorsionSpace(self.topology, self.atoms.numbers)
-        self.space = torsions if torsions is not None and torsions.count else CartesianSpace()
+        # stiff bond limits the step; clusters (and rigid molecules) in Cartesians.
+        # A puckered ring changes its pucker by a coherent motion of the whole
+        # ring that no rigid rotation gives (rigid corner flaps cost eV), so
+        # molecules with one explore in Cartesians, pushed along their hinges
+        hinges = None if cluster else TorsionSpace(self.topology, self.atoms.numbers,
+                                                      self.atoms.positions)
+        if hinges is not None and not ring_flips:
+            hinges = TorsionSpace(self.topology, self.atoms.numbers)
+        self.hinges = hinges if hinges is not None and hinges.corner.any() else None
+        self.space = (hinges if hinges is not None and hinges.count and self.hinges is None
+                      else CartesianSpace())
+        if self.hinges is not None:
+            self.excursion_steps = int(excursion_steps or 70)
+            self.excursion_energy = excursion_energy or 0.8
+            # a ring flips only on a long coherent path (measured: EXPERIMENTS.md)
+            self.hp = dataclasses.replace(self.hp, dt=0.2 if dt is None else dt,
+                                          bounce_every=0 if bounce_every is None else int(bounce_every))
+            weights = np.where(self.hinges.symmetric_top, float(top_weight), 1.0)
+            self.hinge_kick = ecd.hinge_directions(self.hinges.tangents, torch.tensor(weights),
+                                                   self.qp.precon)
         if isinstance(self.space, TorsionSpace):
             self.hp = dataclasses.replace(self.hp, dt=torsion_dt, max_step=torsion_max_step)
             self.excursion_steps = int(excursion_steps or 15)
@@ -678,12 +721,21 @@ class ConformerSearch:
         ``kick_memory`` and ``surface_kicks``)."""
         if not isinstance(self.space, CartesianSpace):
             return ecd.isotropic if self.kick == "isotropic" else self.torsion_kick
+        if self.hinges is not None and self.kick == "soft":
+            return self.hinge_kick
         draw = (ecd.isotropic if self.kick == "isotropic" else
                 ecd.soft_directions(self.home_s[rows], self.home_y[rows], self.kick_power,
                                     precon=self.qp.precon))
         exits = [self.known_exits[w] for w in rows]
         draw = ecd.avoiding(draw, exits) if any(exits) else draw
         return ecd.surface_directions(draw, self.surface_kicks) if self.surface_kicks else draw
+
+    @property
+    def _bounce_directions(self):
+        """How bounces redirect the walkers: isotropically, except in a ring
+        molecule's Cartesian space, where an isotropic push goes mostly into
+        bond stretches and breaks the ring's coherent motion: along a hinge."""
+        return self.hinge_kick if self.hinges is not None and self.kick == "soft" else ecd.isotropic
 
     def _start_quenches(self, rows: list[int], x, f, g):
         if not rows:
@@ -935,7 +987,7 @@ class ConformerSearch:
         main_budget = self._main_budget()
         burn = max(1, min(self.excursion_steps, round(self.harvest_after * self.excursion_steps)))
         while self.calls + self.W <= main_budget and not self._done():
-            proposed = ecd.propose(self.walkers, self.hp)
+            proposed = ecd.propose(self.walkers, self.hp, self._bounce_directions)
             stepped = ecd.quench_propose(self.quench, self.qp)
             moved = self.space.move(self.cart, proposed.x - self.walkers.x)
             x = torch.where(self.exploring[:, None, None], moved, stepped.x)
@@ -1190,3 +1242,11 @@ class ConformerSearch:
         if "dips" in data:
             self.before_last_f = torch.tensor(data["before_last_f"], dtype=torch.float64)
             self.dips = torch.tensor(data["dips"], dtype=torch.long)
+        if self.walkers.x.shape[1:] != self.space.initial(self.home_x).shape[1:]:
+            # written in another exploration space (a ring molecule before session
+            # 40, or another ring_flips): the archive, homes and quenches carry
+            # over; the walkers on an excursion start it afresh from home
+            self.walkers = ecd.init(self.space.initial(self.home_x), self.home_f,
+                                    self.space.gradient(self.home_x, self.home_g), self.hp,
+                                    rng=self.rng)
+            self._start_excursions(torch.nonzero(self.exploring).flatten().tolist())

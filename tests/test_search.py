@@ -138,6 +138,96 @@ def test_torsion_space_marks_symmetric_tops():
     assert TorsionSpace(bond_graph(methanol), methanol.numbers).symmetric_top.tolist() == [True]
 
 
+def test_ring_corners_flap_puckered_rings_only():
+    from ecd_chem.structures import from_smiles, ring_corners
+
+    def corners(smiles):
+        m = from_smiles(smiles, 1)[0]
+        return m, ring_corners(bond_graph(m), m.positions)
+    m, found = corners("C1CCCCC1")
+    assert len(found) == 6
+    for a, b, side in found:           # a CH2 corner: one carbon, two hydrogens
+        assert sorted(m.numbers[side]) == [1, 1, 6]
+        k = int(np.flatnonzero(side & (m.numbers == 6))[0])
+        assert bond_graph(m)[k, [a, b]].all()
+    assert corners("c1ccccc1C")[1] == []        # an aromatic ring has no pucker to change
+    assert corners("CC1CC1")[1] == []           # nor a 3-ring
+    assert len(corners("C1CC2CCCCC2CC1")[1]) == 8   # decalin: every corner but the fusion atoms
+    m, found = corners("CC1CCCCC1")
+    methyl_corner = [side for a, b, side in found if side.sum() == 6]
+    assert len(found) == 6 and len(methyl_corner) == 1   # the methyl goes with its ring carbon
+
+
+def test_a_corner_flap_keeps_the_corners_bonds():
+    from ecd_chem.structures import from_smiles
+    m = from_smiles("CC1CCCCC1", 1)[0]
+    space = TorsionSpace(bond_graph(m), m.numbers, m.positions)
+    assert space.corner.sum() == 6 and space.symmetric_top.tolist() == [True] + [False] * 6
+    x = torch.tensor(m.positions)[None]
+    turn = torch.zeros(1, space.count, 1, dtype=torch.float64)
+    t = int(np.flatnonzero(space.corner)[0])
+    turn[0, t] = 0.8
+    moved = space.move(x, turn)[0].numpy()
+    d0, d1 = m.get_all_distances(), np.linalg.norm(moved[:, None] - moved[None], axis=-1)
+    bonded = bond_graph(m)
+    assert np.allclose(d0[bonded], d1[bonded])                 # every bond keeps its length
+    assert not np.allclose(moved, m.positions)
+    # tangents: the motion per radian, finite differences
+    small = turn * 1e-5 / 0.8
+    numeric = (space.move(x, small) - x) / 1e-5
+    assert torch.allclose(space.tangents(x)[:, t], numeric, atol=1e-4)
+
+
+def test_hinge_kicks_push_one_hinge():
+    from ecd_chem.structures import from_smiles
+    m = from_smiles("CC1CCCCC1", 1)[0]
+    space = TorsionSpace(bond_graph(m), m.numbers, m.positions)
+    x = torch.tensor(m.positions)[None].expand(16, -1, -1).clone()
+    t = 3
+    weights = torch.zeros(space.count)
+    weights[t] = 1.0
+    d = ecd.hinge_directions(space.tangents, weights)(x, torch.Generator().manual_seed(0))
+    along = ecd.rigid_free(x, space.tangents(x)[:, t])
+    cosine = (d * along).sum((1, 2)) / (d.flatten(1).norm(dim=1) * along.flatten(1).norm(dim=1))
+    assert torch.allclose(cosine.abs(), torch.ones(16, dtype=torch.float64))
+    assert (cosine > 0).any() and (cosine < 0).any()           # both ways
+    soft = ecd.hinge_directions(space.tangents, weights, ecd.quench_preconditioner(
+        "bonded", bond_graph(m)))(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(ecd.rigid_free(x, soft), soft, atol=1e-10)
+    with pytest.raises(ValueError):
+        ecd.hinge_directions(space.tangents, torch.zeros(space.count))
+
+
+def test_ring_molecules_explore_in_cartesians_along_hinges(ani):
+    from ecd_chem.structures import CartesianSpace, from_smiles
+    ring = ConformerSearch(read(MOLECULES / "methylcyclohexane_axial.xyz"), ani, walkers=2)
+    assert isinstance(ring.space, CartesianSpace) and ring.hinges is not None
+    assert ring.excursion_steps == 70 and ring.hp.bounce_every == 0 and ring.hp.dt == 0.2
+    assert ring._bounce_directions is ring.hinge_kick
+    chain = ConformerSearch(read(MOLECULES / "n-hexane.xyz"), ani, walkers=2)
+    assert isinstance(chain.space, TorsionSpace) and chain.hinges is None
+    assert chain.hp.bounce_every == 10 and chain._bounce_directions is ecd.isotropic
+    toluene = ConformerSearch(from_smiles("Cc1ccccc1", 1)[0], ani)
+    assert toluene.hinges is None                  # a flat ring: nothing to flip
+
+
+def test_axial_methylcyclohexane_flips_to_the_equatorial_chair(ani):
+    """From the axial chair (ANI-1x), the equatorial chair 1.65 kcal/mol lower
+    lies past a ring flip (~11 kcal/mol): no bond turns there, the ring's
+    corners must flap through boat-like forms. Found at 1 147 calls with seed 0."""
+    atoms = read(MOLECULES / "methylcyclohexane_axial.xyz")
+    result = ConformerSearch(atoms, ani, walkers=1, max_force_calls=3000, seed=0).run()
+    gaps = [c.info["relative_kcal_mol"] for c in result.conformers]
+    assert len(gaps) >= 2 and gaps[1] == pytest.approx(1.65, abs=0.15)
+    best = result.best
+    ring = [1, 2, 3, 4, 5, 6]
+    # equatorial: the methyl carbon lies near the ring's mean plane, far from it when axial
+    centred = best.positions[ring] - best.positions[ring].mean(0)
+    normal = np.linalg.svd(centred)[2][-1]
+    height = abs((best.positions[0] - best.positions[ring].mean(0)) @ normal)
+    assert height < 1.0
+
+
 @pytest.mark.parametrize("kick, kick_torsions, nonzero",
                          [("soft", None, 1), ("soft", 2, 2), ("isotropic", None, 7)])
 def test_torsion_kicks_go_on_kick_torsions(ani, kick, kick_torsions, nonzero):
@@ -828,6 +918,25 @@ def test_resume_after_kill_keeps_every_minimum(tmp_path):
         moved = np.abs(cluster_fingerprint(kept.positions) - cluster_fingerprint(np.array(m["positions"])))
         assert moved.max() < search.rmsd_threshold
     assert result.force_calls <= 3000 and result.force_calls > saved["calls"]
+
+
+def test_resume_in_another_exploration_space_keeps_every_minimum(ani, tmp_path):
+    """A ring molecule's checkpoint from torsion space (ring_flips=False, or a
+    version before ring flips) resumes in the Cartesian space of ring flips:
+    the archive carries over, the excursions start afresh from home."""
+    path = tmp_path / "search.json"
+    atoms = read(MOLECULES / "methylcyclohexane_axial.xyz")
+    kwargs = dict(walkers=2, seed=0, checkpoint=str(path), checkpoint_every=1)
+    ConformerSearch(atoms, ani, max_force_calls=200, ring_flips=False, **kwargs).run()
+    saved = json.loads(path.read_text())
+    assert np.array(saved["ecd"]["x"]).shape[1:] == (1, 1)       # the methyl torsion
+    search = ConformerSearch(atoms, ani, max_force_calls=600, **kwargs)
+    result = search.run()
+    assert search.walkers.x.shape[1:] == (len(atoms), 3)
+    assert len(search.minima) >= len(saved["minima"])
+    for m, kept in zip(saved["minima"], search.minima):
+        assert kept.energy <= m["energy"] + 1e-9
+    assert saved["calls"] < result.force_calls <= 600
 
 
 def test_checkpoint_writes_take_at_most_a_twentieth_of_the_time(tmp_path):
