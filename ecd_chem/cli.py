@@ -110,6 +110,9 @@ def add_search_options(p):
     p.add_argument("--keep-rotamers", action="store_true",
                    help="report conformers that differ only in how a CH3/CF3-like top is "
                         "turned separately (default: merged, the lowest kept)")
+    p.add_argument("--keep-rings", action="store_true",
+                   help="do not flip rings: explore in torsion space, each ring keeping the "
+                        "pucker of its start (e.g. with --smiles, whose starts sample rings)")
 
 
 def build_parser():
@@ -246,7 +249,7 @@ def search_settings(args, search) -> dict:
     return {"walkers": args.walkers, "max_force_calls": args.max_calls,
             "energy_window_kcal_mol": args.ewin, "rmsd_threshold_A": args.rmsd,
             "temperature_K": args.temperature, "kind": search.kind,
-            "merge_top_rotamers": search.merge_top_rotamers}
+            "merge_top_rotamers": search.merge_top_rotamers, "ring_flips": search.ring_flips}
 
 
 def summary(args, calc, result, search, wall):
@@ -271,7 +274,7 @@ def cmd_conformers(args):
                              seed=args.seed, starts=starts, energy_window=args.ewin,
                              rmsd_threshold=args.rmsd, temperature=args.temperature,
                              merge_top_rotamers=not args.keep_rotamers,
-                             checkpoint=args.checkpoint)
+                             ring_flips=not args.keep_rings, checkpoint=args.checkpoint)
     progress = Progress(args.quiet)
 
     def report(s):
@@ -343,6 +346,7 @@ def cmd_screen(args):
                               walkers=args.walkers, max_calls=args.max_calls, ewin=args.ewin,
                               rmsd=args.rmsd, temperature=args.temperature, seed=args.seed,
                               merge_rotamers=not args.keep_rotamers,
+                              ring_flips=not args.keep_rings,
                               output=f"conformers.{args.format}")
     def report(text):
         if not args.quiet:

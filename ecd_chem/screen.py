@@ -63,6 +63,7 @@ class ScreenSettings:
     temperature: float = 298.15
     seed: int = 0
     merge_rotamers: bool = True
+    ring_flips: bool = True
     output: str = "conformers.xyz"
 
 
@@ -153,7 +154,8 @@ def search_molecule(molecule: Molecule, settings: ScreenSettings, out: str) -> d
                                  max_force_calls=settings.max_calls, seed=settings.seed,
                                  starts=starts, energy_window=settings.ewin,
                                  rmsd_threshold=settings.rmsd, temperature=settings.temperature,
-                                 merge_top_rotamers=settings.merge_rotamers)
+                                 merge_top_rotamers=settings.merge_rotamers,
+                                 ring_flips=settings.ring_flips)
         result = search.run()
     except (ValueError, RuntimeError, ImportError, OSError) as err:   # InputError, SCF, ...
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -164,6 +166,7 @@ def search_molecule(molecule: Molecule, settings: ScreenSettings, out: str) -> d
                "run_id": uuid.uuid4().hex,
                "charge": getattr(calc, "charge", 0),   # PySCF's, resolved per molecule; else 0
                "kind": search.kind, "merge_top_rotamers": search.merge_top_rotamers,
+               "ring_flips": search.ring_flips,
                **result.to_dict(), "wall_time_s": wall}
     final = os.path.join(out, molecule.name)
     remove_stale_temps(out, molecule.name)      # a killed worker's half-written folder

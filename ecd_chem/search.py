@@ -502,6 +502,7 @@ class ConformerSearch:
         if hinges is not None and not ring_flips:
             hinges = TorsionSpace(self.topology, self.atoms.numbers)
         self.hinges = hinges if hinges is not None and hinges.corner.any() else None
+        self.ring_flips = self.hinges is not None      # whether this search flips rings
         self.space = (hinges if hinges is not None and hinges.count and self.hinges is None
                       else CartesianSpace())
         if self.hinges is not None:

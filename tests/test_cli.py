@@ -94,6 +94,16 @@ def test_keep_rotamers_reaches_the_search(tmp_path):
     assert json.loads(summary.read_text())["search"]["merge_top_rotamers"] is False
 
 
+@pytest.mark.parametrize("flag, flips", [((), True), (("--keep-rings",), False)])
+def test_keep_rings_reaches_the_search(tmp_path, flag, flips):
+    summary = tmp_path / "summary.json"
+    run = cli("conformers", str(ROOT / "molecules" / "methylcyclohexane_axial.xyz"), "-o",
+              str(tmp_path / "conf.xyz"), "--json", str(summary),
+              "--walkers", "2", "--max-calls", "60", "--quiet", *flag)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(summary.read_text())["search"]["ring_flips"] is flips
+
+
 def test_conformers_from_smiles(tmp_path):
     out = tmp_path / "diol.xyz"
     run = cli("conformers", "--smiles", "OCCO", "-o", str(out), "--max-calls", "800",

@@ -62,6 +62,21 @@ def test_screen_can_keep_methyl_rotamers_apart(tmp_path, client):
     assert summary["merge_top_rotamers"] is False and summary["settings"]["merge_rotamers"] is False
 
 
+def test_screen_can_keep_rings_unflipped(tmp_path, client):
+    (tmp_path / "lib.smi").write_text("CC1CCCCC1 methylcyclohexane\nCCO ethanol\n")
+    settings = dataclasses.replace(FAST, ring_flips=False)
+    rows = screen(tmp_path / "lib.smi", tmp_path / "out", settings, client=client)
+    assert [r["status"] for r in rows] == ["done", "done"]
+    (tmp_path / "lib2.smi").write_text("CC1CCCCC1 methylcyclohexane\n")
+    assert screen(tmp_path / "lib2.smi", tmp_path / "out2", FAST, client=client)[0]["status"] == "done"
+    flips = {(out, name): json.loads((tmp_path / out / name / "summary.json").read_text())["ring_flips"]
+             for out, name in (("out", "methylcyclohexane"), ("out", "ethanol"),
+                               ("out2", "methylcyclohexane"))}
+    # on by default where there is a puckered ring; never on without one
+    assert flips == {("out", "methylcyclohexane"): False, ("out", "ethanol"): False,
+                     ("out2", "methylcyclohexane"): True}
+
+
 def test_a_pyscf_screen_takes_each_molecules_own_charge(tmp_path, client):
     (tmp_path / "lib.smi").write_text("C[NH3+] methylammonium\nCO methanol\n")
     settings = dataclasses.replace(FAST, calc="pyscf", method="hf", basis="sto-3g",
