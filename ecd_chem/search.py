@@ -497,12 +497,9 @@ class ConformerSearch:
         # A puckered ring changes its pucker by a coherent motion of the whole
         # ring that no rigid rotation gives (rigid corner flaps cost eV), so
         # molecules with one explore in Cartesians, pushed along their hinges
-        hinges = None if cluster else TorsionSpace(self.topology, self.atoms.numbers,
-                                                      self.atoms.positions)
-        if hinges is not None and not ring_flips:
-            hinges = TorsionSpace(self.topology, self.atoms.numbers)
+        hinges = None if cluster else TorsionSpace(
+            self.topology, self.atoms.numbers, self.atoms.positions if ring_flips else None)
         self.hinges = hinges if hinges is not None and hinges.corner.any() else None
-        self.ring_flips = self.hinges is not None      # whether this search flips rings
         self.space = (hinges if hinges is not None and hinges.count and self.hinges is None
                       else CartesianSpace())
         if self.hinges is not None:
@@ -730,6 +727,12 @@ class ConformerSearch:
         exits = [self.known_exits[w] for w in rows]
         draw = ecd.avoiding(draw, exits) if any(exits) else draw
         return ecd.surface_directions(draw, self.surface_kicks) if self.surface_kicks else draw
+
+    @property
+    def ring_flips(self) -> bool:
+        """Whether this search flips rings (a molecule with a puckered ring,
+        ``ring_flips`` on): it explores in Cartesians along hinges."""
+        return self.hinges is not None
 
     @property
     def _bounce_directions(self):

@@ -207,31 +207,6 @@ def bond_graph(atoms: Atoms, scale: float = 1.2) -> np.ndarray:
     return adjacency
 
 
-def rotatable_bonds(adjacency: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-    """Bonds (i, j) outside rings with both ends bonded elsewhere, each with the
-    (N,) bool mask of the smaller side (the atoms that rotate with j)."""
-    n = len(adjacency)
-    bonds = []
-    for i, j in zip(*np.nonzero(np.triu(adjacency))):
-        if adjacency[i].sum() < 2 or adjacency[j].sum() < 2:
-            continue
-        side = np.zeros(n, bool)
-        side[j] = True
-        stack = [j]
-        while stack:                          # atoms reachable from j without crossing i-j
-            k = stack.pop()
-            for m in np.flatnonzero(adjacency[k]):
-                if not side[m] and not (k == j and m == i):
-                    side[m] = True
-                    stack.append(m)
-        if side[i]:                           # i reachable: the bond is in a ring
-            continue
-        if side.sum() > n - side.sum():
-            side, i, j = ~side, j, i
-        bonds.append((int(i), int(j), side))
-    return bonds
-
-
 def _reachable(adjacency: np.ndarray, start: int, blocked) -> np.ndarray:
     """(N,) bool mask of the atoms reachable from ``start`` without entering ``blocked``."""
     seen = np.zeros(len(adjacency), bool)
@@ -244,6 +219,24 @@ def _reachable(adjacency: np.ndarray, start: int, blocked) -> np.ndarray:
                 seen[m] = True
                 stack.append(m)
     return seen
+
+
+def rotatable_bonds(adjacency: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """Bonds (i, j) outside rings with both ends bonded elsewhere, each with the
+    (N,) bool mask of the smaller side (the atoms that rotate with j)."""
+    n = len(adjacency)
+    bonds = []
+    for i, j in zip(*np.nonzero(np.triu(adjacency))):
+        if adjacency[i].sum() < 2 or adjacency[j].sum() < 2:
+            continue
+        side = _reachable(adjacency, j, blocked={int(i)})
+        beyond = side & (np.arange(n) != j)
+        if (adjacency[i] & beyond).any():     # i reachable another way: the bond is in a ring
+            continue
+        if side.sum() > n - side.sum():
+            side, i, j = ~side, j, i
+        bonds.append((int(i), int(j), side))
+    return bonds
 
 
 def _shortest_path(adjacency: np.ndarray, a: int, b: int, avoid: int) -> list[int] | None:
@@ -273,8 +266,8 @@ def ring_corners(adjacency: np.ndarray, positions, planar_within: float = 0.1
     of k and its substituents. Turning ``side`` about the axis through a and b
     keeps k's bonds to a and b and the angle a-k-b; it moves k through the
     ring's mean plane (chair -> boat in cyclohexane), which is how rings change
-    pucker. Left out: 3-rings, ring-fusion atoms (the side would reach a or b)
-    and rings whose atoms all lie within ``planar_within`` (A) of one plane in
+    pucker. Left out: 3-rings, ring-fusion atoms (whose side is bonded to a or
+    b beyond k) and rings whose atoms all lie within ``planar_within`` (A) of one plane in
     ``positions`` (aromatic rings, which have no pucker to change)."""
     adjacency = np.asarray(adjacency, bool)
     positions = np.asarray(positions, float)
@@ -287,7 +280,7 @@ def ring_corners(adjacency: np.ndarray, positions, planar_within: float = 0.1
                 if path is None or len(path) < 3:        # not a ring, or a 3-ring
                     continue
                 side = _reachable(adjacency, k, blocked={int(a), int(b)})
-                beyond = side & ~(np.arange(len(side)) == k)
+                beyond = side & (np.arange(len(side)) != k)
                 if (adjacency[[a, b]] & beyond).any():   # k is where rings are fused
                     continue
                 ring = positions[path + [k]]
