@@ -509,8 +509,9 @@ class ConformerSearch:
             self.hp = dataclasses.replace(self.hp, dt=0.2 if dt is None else dt,
                                           bounce_every=0 if bounce_every is None else int(bounce_every))
             weights = np.where(self.hinges.symmetric_top, float(top_weight), 1.0)
-            self.hinge_kick = ecd.hinge_directions(self.hinges.tangents, torch.tensor(weights),
-                                                   self.qp.precon)
+            self.hinge_kick = (ecd.hinge_directions(self.hinges.tangents, torch.tensor(weights),
+                                                    self.qp.precon)
+                               if self.kick == "soft" else ecd.isotropic)
         if isinstance(self.space, TorsionSpace):
             self.hp = dataclasses.replace(self.hp, dt=torsion_dt, max_step=torsion_max_step)
             self.excursion_steps = int(excursion_steps or 15)
@@ -719,7 +720,7 @@ class ConformerSearch:
         ``kick_memory`` and ``surface_kicks``)."""
         if not isinstance(self.space, CartesianSpace):
             return ecd.isotropic if self.kick == "isotropic" else self.torsion_kick
-        if self.hinges is not None and self.kick == "soft":
+        if self.hinges is not None:
             return self.hinge_kick
         draw = (ecd.isotropic if self.kick == "isotropic" else
                 ecd.soft_directions(self.home_s[rows], self.home_y[rows], self.kick_power,
@@ -739,7 +740,7 @@ class ConformerSearch:
         """How bounces redirect the walkers: isotropically, except in a ring
         molecule's Cartesian space, where an isotropic push goes mostly into
         bond stretches and breaks the ring's coherent motion: along a hinge."""
-        return self.hinge_kick if self.hinges is not None and self.kick == "soft" else ecd.isotropic
+        return self.hinge_kick if self.hinges is not None else ecd.isotropic
 
     def _start_quenches(self, rows: list[int], x, f, g):
         if not rows:
