@@ -577,12 +577,13 @@ def sparse_directions(weights: torch.Tensor, count: int = 2):
     return draw
 
 
-def hinge_directions(tangents, weights: torch.Tensor, precon=False):
+def hinge_directions(tangents, weights: torch.Tensor, precon=False, signs=None):
     """A ``directions(x, rng)`` for :func:`bounce` in Cartesian space that
     pushes along one hinge per walker, drawn with probabilities proportional to
     ``weights`` (T,): ``tangents(x)`` (W, T, N, 3) says how the atoms move per
     radian of each hinge (``TorsionSpace.tangents``: turning a bond, flapping
-    a ring corner), with a random sign. The push is made soft by the
+    a ring corner), with the sign ``signs(x, tangents(x))`` (W, T) gives, or
+    a random one where that is 0 or ``signs`` is None. The push is made soft by the
     preconditioner (P^-1 t, ``precon`` as in QuenchParams), so the neighbours
     of the moving group follow instead of resisting, rigid motions removed.
     The conformer search uses it for molecules with puckered rings, whose
@@ -597,7 +598,11 @@ def hinge_directions(tangents, weights: torch.Tensor, precon=False):
         rows = torch.arange(W, device=x.device)
         pick = torch.multinomial(weights.to(x.dtype).expand(W, -1), 1, generator=rng).squeeze(1)
         sign = torch.randn(W, generator=rng, dtype=x.dtype, device=x.device).sign()
-        d = tangents(x)[rows, pick] * sign[:, None, None]                          # (W, N, 3)
+        t = tangents(x)
+        if signs is not None:
+            preferred = signs(x, t)[rows, pick]
+            sign = torch.where(preferred != 0, preferred, sign)
+        d = t[rows, pick] * sign[:, None, None]                                    # (W, N, 3)
         solve = preconditioner_solver(precon, x)
         if solve is not None:
             d = solve(d.reshape(W, 1, -1)).reshape(x.shape)

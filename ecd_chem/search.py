@@ -171,7 +171,8 @@ class ConformerSearch:
         molecules with puckered rings (``ring_flips``), 0.3 eV for rigid ones;
         5 for clusters, in the units of LJ with epsilon = 1 (scale it with the
         binding energy per atom for other potentials).
-    gap: initial height of the walker above its floor (molecules 0.5 eV, clusters 4).
+    gap: initial height of the walker above its floor (molecules 0.5 eV, 2 eV
+        under ``ring_flips``; clusters 4).
     excursion_steps, dt, gap, bounce_every, method, eta: the ECD excursion
         (steps: clusters 60, molecules 30; dt 0.1; a bounce every 10 steps).
         Molecules with rotatable bonds move in torsion space instead, with
@@ -275,16 +276,17 @@ class ConformerSearch:
         Cartesians instead of torsion space. Each excursion's push goes along
         one hinge drawn at random: a rotatable bond's torsion or the flap of
         a ring corner (the corner and its substituents turning about the line
-        through its two ring neighbours; symmetric tops weighted
-        ``top_weight``), made soft by the bonded preconditioner so that the
-        neighbours follow. A ring changes its pucker (chair, boat, twist; ~11
-        kcal/mol over the half-chair in cyclohexane) only by a coherent
-        motion of all its atoms, which rigid turns about bonds cannot make
-        (a rigid corner flap costs eV), and which isotropic bounces broke up:
-        the excursions run 70 steps of dt 0.2 at dE0 1.2 eV with no bounce, and harvest
-        their lowest point after the first third. From the higher chair, axial
+        through its two ring neighbours, the way that puckers the corner
+        further; symmetric tops weighted ``top_weight``), made soft by the
+        bonded preconditioner so that the neighbours follow. A ring changes
+        its pucker (chair, boat, twist; ~11 kcal/mol over the half-chair in
+        cyclohexane) only by a coherent motion of all its atoms, which rigid
+        turns about bonds cannot make (a rigid corner flap costs eV), and
+        which isotropic bounces broke up: the excursions run 70 steps of dt
+        0.2 at dE0 1.2 eV and gap 2 eV with no bounce, and harvest their
+        lowest point after the first third. From the higher chair, axial
         methylcyclohexane (ANI-1x) reaches the equatorial one in every run
-        measured (benchmarks/EXPERIMENTS.md, session 40). The price: chains
+        measured (benchmarks/EXPERIMENTS.md, sessions 40-41). The price: chains
         on such a molecule are explored by these long Cartesian excursions
         rather than 15 torsion steps. False: torsion space, and each ring
         keeps the pucker of its starts (give ring conformers as ``starts``).
@@ -505,12 +507,13 @@ class ConformerSearch:
         if self.hinges is not None:
             self.excursion_steps = int(excursion_steps or 70)
             self.excursion_energy = excursion_energy or 1.2
-            # a ring flips only on a long coherent path (measured: EXPERIMENTS.md)
-            self.hp = dataclasses.replace(self.hp, dt=0.2 if dt is None else dt,
+            # a ring flips only on a long coherent path, and crosses from the
+            # twist-boats into a chair more often on a high floor (measured: EXPERIMENTS.md)
+            self.hp = dataclasses.replace(self.hp, dt=0.2 if dt is None else dt, gap=gap or 2.0,
                                           bounce_every=0 if bounce_every is None else int(bounce_every))
             weights = np.where(self.hinges.symmetric_top, float(top_weight), 1.0)
             self.hinge_kick = (ecd.hinge_directions(self.hinges.tangents, torch.tensor(weights),
-                                                    self.qp.precon)
+                                                    self.qp.precon, self.hinges.pucker_signs)
                                if self.kick == "soft" else ecd.isotropic)
         if isinstance(self.space, TorsionSpace):
             self.hp = dataclasses.replace(self.hp, dt=torsion_dt, max_step=torsion_max_step)

@@ -260,10 +260,11 @@ def _shortest_path(adjacency: np.ndarray, a: int, b: int, avoid: int) -> list[in
 
 
 def ring_corners(adjacency: np.ndarray, positions, planar_within: float = 0.1
-                 ) -> list[tuple[int, int, np.ndarray]]:
-    """Hinges that flap the corners of puckered rings: (a, b, side) for each ring
-    atom k whose only ring neighbours are a and b, ``side`` the (N,) bool mask
-    of k and its substituents. Turning ``side`` about the axis through a and b
+                 ) -> list[tuple[int, int, np.ndarray, list[int]]]:
+    """Hinges that flap the corners of puckered rings: (a, b, side, ring) for
+    each ring atom k whose only ring neighbours are a and b, ``side`` the (N,)
+    bool mask of k and its substituents, ``ring`` the smallest ring through k
+    in bonded order (a ... b, k). Turning ``side`` about the axis through a and b
     keeps k's bonds to a and b and the angle a-k-b; it moves k through the
     ring's mean plane (chair -> boat in cyclohexane), which is how rings change
     pucker. Left out: 3-rings, ring-fusion atoms (whose side is bonded to a or
@@ -288,7 +289,7 @@ def ring_corners(adjacency: np.ndarray, positions, planar_within: float = 0.1
                 normal = np.linalg.svd(centred)[2][-1]
                 if np.abs(centred @ normal).max() < planar_within:
                     continue
-                corners.append((int(a), int(b), side))
+                corners.append((int(a), int(b), side, path + [k]))
     return corners
 
 
@@ -345,6 +346,8 @@ class TorsionSpace:
                      else np.zeros((0, len(adjacency))))
         # (T,) hinges that flap a ring corner rather than turn a bond
         self.corner = np.arange(self.count) >= len(bonds)
+        # each corner's ring in bonded order, the corner atom last
+        self.rings = [h[3] for h in corners]
         # (T,) torsions that turn a symmetric top (CH3, CF3): three like terminal
         # atoms on either end, so a turn by 120 degrees gives back the same conformer
         self.symmetric_top = np.zeros(self.count, bool)
@@ -373,6 +376,23 @@ class TorsionSpace:
     def gradient(self, cart, cart_gradient):
         """dF/dq (W, T, 1) from the Cartesian gradient (W, N, 3) at ``cart``."""
         return (self.tangents(cart) * cart_gradient[:, None]).sum((2, 3))[..., None]
+
+    def pucker_signs(self, cart, tangents=None):
+        """(W, T) the sign of each corner flap that moves its corner atom away
+        from its ring's mean plane at ``cart`` (W, N, 3), puckering the corner
+        further; 0 for bond torsions. ``tangents``: ``self.tangents(cart)``."""
+        import torch
+        tangents = self.tangents(cart) if tangents is None else tangents
+        signs = torch.zeros(cart.shape[0], self.count, dtype=cart.dtype, device=cart.device)
+        first = self.count - len(self.rings)
+        for c, ring in enumerate(self.rings):
+            centred = cart[:, ring] - cart[:, ring].mean(1, keepdim=True)      # (W, n, 3)
+            # the mean plane's normal (Newell): the sum of r_i x r_i+1 round the ring
+            normal = torch.cross(centred, centred.roll(-1, dims=1), dim=-1).sum(1)
+            height = (centred[:, -1] * normal).sum(-1)                      # the corner atom's
+            rise = (tangents[:, first + c, ring[-1]] * normal).sum(-1)
+            signs[:, first + c] = torch.sign(height * rise)
+        return signs
 
     def move(self, cart, dq):
         """Rotate each bond's side of ``cart`` (W, N, 3) by dq (W, T, 1), in turn."""

@@ -146,15 +146,18 @@ def test_ring_corners_flap_puckered_rings_only():
         return m, ring_corners(bond_graph(m), m.positions)
     m, found = corners("C1CCCCC1")
     assert len(found) == 6
-    for a, b, side in found:           # a CH2 corner: one carbon, two hydrogens
+    for a, b, side, ring in found:     # a CH2 corner: one carbon, two hydrogens
         assert sorted(m.numbers[side]) == [1, 1, 6]
         k = int(np.flatnonzero(side & (m.numbers == 6))[0])
         assert bond_graph(m)[k, [a, b]].all()
+        # the ring in bonded order, a ... b, then the corner
+        assert len(ring) == 6 and ring[0] == a and ring[-2] == b and ring[-1] == k
+        assert all(bond_graph(m)[ring[i], ring[i - 1]] for i in range(6))
     assert corners("c1ccccc1C")[1] == []        # an aromatic ring has no pucker to change
     assert corners("CC1CC1")[1] == []           # nor a 3-ring
     assert len(corners("C1CC2CCCCC2CC1")[1]) == 8   # decalin: every corner but the fusion atoms
     m, found = corners("CC1CCCCC1")
-    methyl_corner = [side for a, b, side in found if side.sum() == 6]
+    methyl_corner = [side for a, b, side, ring in found if side.sum() == 6]
     assert len(found) == 6 and len(methyl_corner) == 1   # the methyl goes with its ring carbon
 
 
@@ -178,6 +181,28 @@ def test_a_corner_flap_keeps_the_corners_bonds():
     assert torch.allclose(space.tangents(x)[:, t], numeric, atol=1e-4)
 
 
+def test_pucker_signs_flap_corners_away_from_the_ring_plane():
+    from ecd_chem.structures import from_smiles
+    m = from_smiles("CC1CCCCC1", 1)[0]
+    space = TorsionSpace(bond_graph(m), m.numbers, m.positions)
+    x = torch.tensor(m.positions)[None]
+    signs = space.pucker_signs(x)
+    assert signs.shape == (1, space.count)
+    assert (signs[0, ~torch.tensor(space.corner)] == 0).all()       # the methyl torsion
+    assert (signs[0, torch.tensor(space.corner)].abs() == 1).all()
+
+    def height(cart, ring):            # the corner atom's distance from the ring's mean plane
+        centred = cart[ring] - cart[ring].mean(0)
+        return abs(float(centred[-1] @ np.linalg.svd(centred)[2][-1]))
+    for t in np.flatnonzero(space.corner):
+        ring = space.rings[t - (space.count - len(space.rings))]
+        for way, grows in ((1, True), (-1, False)):
+            turn = torch.zeros(1, space.count, 1, dtype=torch.float64)
+            turn[0, t] = 0.1 * way * signs[0, t]
+            moved = space.move(x, turn)[0].numpy()
+            assert (height(moved, ring) > height(m.positions, ring)) == grows
+
+
 def test_hinge_kicks_push_one_hinge():
     from ecd_chem.structures import from_smiles
     m = from_smiles("CC1CCCCC1", 1)[0]
@@ -194,6 +219,11 @@ def test_hinge_kicks_push_one_hinge():
     soft = ecd.hinge_directions(space.tangents, weights, ecd.quench_preconditioner(
         "bonded", bond_graph(m)))(x, torch.Generator().manual_seed(0))
     assert torch.allclose(ecd.rigid_free(x, soft), soft, atol=1e-10)
+    signed = ecd.hinge_directions(space.tangents, weights, signs=space.pucker_signs)(
+        x, torch.Generator().manual_seed(0))
+    outward = ecd.rigid_free(x, space.tangents(x)[:, t] * space.pucker_signs(x)[:, t, None, None])
+    assert torch.allclose(signed, outward / outward.flatten(1).norm(dim=1)[:, None, None]
+                          * signed.flatten(1).norm(dim=1)[:, None, None])   # one way only
     with pytest.raises(ValueError):
         ecd.hinge_directions(space.tangents, torch.zeros(space.count))
 
@@ -203,6 +233,7 @@ def test_ring_molecules_explore_in_cartesians_along_hinges(ani):
     ring = ConformerSearch(read(MOLECULES / "methylcyclohexane_axial.xyz"), ani, walkers=2)
     assert isinstance(ring.space, CartesianSpace) and ring.hinges is not None
     assert ring.excursion_steps == 70 and ring.hp.bounce_every == 0 and ring.hp.dt == 0.2
+    assert ring.hp.gap == 2.0
     assert ring._bounce_directions is ring.hinge_kick
     chain = ConformerSearch(read(MOLECULES / "n-hexane.xyz"), ani, walkers=2)
     assert isinstance(chain.space, TorsionSpace) and chain.hinges is None
@@ -214,9 +245,9 @@ def test_ring_molecules_explore_in_cartesians_along_hinges(ani):
 def test_axial_methylcyclohexane_flips_to_the_equatorial_chair(ani):
     """From the axial chair (ANI-1x), the equatorial chair 1.65 kcal/mol lower
     lies past a ring flip (~11 kcal/mol): no bond turns there, the ring's
-    corners must flap through boat-like forms. Found at 677 calls with seed 0."""
+    corners must flap through boat-like forms. Found at 308 calls with seed 0."""
     atoms = read(MOLECULES / "methylcyclohexane_axial.xyz")
-    result = ConformerSearch(atoms, ani, walkers=1, max_force_calls=3000, seed=0).run()
+    result = ConformerSearch(atoms, ani, walkers=1, max_force_calls=1500, seed=0).run()
     gaps = [c.info["relative_kcal_mol"] for c in result.conformers]
     assert len(gaps) >= 2 and gaps[1] == pytest.approx(1.65, abs=0.15)
     best = result.best
