@@ -577,17 +577,16 @@ def sparse_directions(weights: torch.Tensor, count: int = 2):
     return draw
 
 
-def hinge_directions(tangents, weights: torch.Tensor, precon=False, signs=None):
+def hinge_directions(tangents, weights: torch.Tensor, signs=None):
     """A ``directions(x, rng)`` for :func:`bounce` in Cartesian space that
     pushes along one hinge per walker, drawn with probabilities proportional to
     ``weights`` (T,): ``tangents(x)`` (W, T, N, 3) says how the atoms move per
     radian of each hinge (``TorsionSpace.tangents``: turning a bond, flapping
-    a ring corner), with the sign ``signs(x, tangents(x))`` (W, T) gives, or
-    a random one where that is 0 or ``signs`` is None. The push is made soft by the
-    preconditioner (P^-1 t, ``precon`` as in QuenchParams), so the neighbours
-    of the moving group follow instead of resisting, rigid motions removed.
-    The conformer search uses it for molecules with puckered rings, whose
-    pucker changes by a coherent motion that no rigid rotation gives. No force calls.
+    a ring corner), rigid motions removed, with the sign ``signs(x,
+    tangents(x))`` (W, T) gives, or a random one where that is 0 or ``signs``
+    is None. The conformer search uses it for molecules with puckered rings,
+    whose pucker changes by a coherent motion that no rigid rotation gives:
+    the push starts it, the Cartesian dynamics lets the ring follow. No force calls.
     """
     weights = torch.as_tensor(weights, dtype=torch.float64)
     if weights.ndim != 1 or not bool((weights >= 0).all()) or not bool((weights > 0).any()):
@@ -602,11 +601,7 @@ def hinge_directions(tangents, weights: torch.Tensor, precon=False, signs=None):
         if signs is not None:
             preferred = signs(x, t)[rows, pick]
             sign = torch.where(preferred != 0, preferred, sign)
-        d = t[rows, pick] * sign[:, None, None]                                    # (W, N, 3)
-        solve = preconditioner_solver(precon, x)
-        if solve is not None:
-            d = solve(d.reshape(W, 1, -1)).reshape(x.shape)
-        return rigid_free(x, d)
+        return rigid_free(x, t[rows, pick] * sign[:, None, None])                 # (W, N, 3)
     return draw
 
 

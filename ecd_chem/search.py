@@ -277,14 +277,15 @@ class ConformerSearch:
         one hinge drawn at random: a rotatable bond's torsion or the flap of
         a ring corner (the corner and its substituents turning about the line
         through its two ring neighbours, the way that puckers the corner
-        further; symmetric tops weighted ``top_weight``), made soft by the
-        bonded preconditioner so that the neighbours follow. A ring changes
-        its pucker (chair, boat, twist; ~11 kcal/mol over the half-chair in
-        cyclohexane) only by a coherent motion of all its atoms, which rigid
-        turns about bonds cannot make (a rigid corner flap costs eV), and
-        which isotropic bounces broke up: the excursions run 70 steps of dt
-        0.2 at dE0 1.2 eV and gap 2 eV with no bounce, and harvest their
-        lowest point after the first third. From the higher chair, axial
+        further; symmetric tops weighted ``top_weight``). That rigid motion
+        is only the first momentum: the Cartesian dynamics that follows lets
+        the rest of the ring give way. A ring changes its pucker (chair,
+        boat, twist; ~11 kcal/mol over the half-chair in cyclohexane) only by
+        a coherent motion of all its atoms, which rigid turns about bonds as
+        coordinates cannot make (a rigid corner flap costs eV), and which
+        isotropic bounces broke up: the excursions run 70 steps of dt 0.2 at
+        dE0 1.2 eV and gap 2 eV with no bounce, and harvest their lowest
+        point after the first third. From the higher chair, axial
         methylcyclohexane (ANI-1x) reaches the equatorial one in every run
         measured (benchmarks/EXPERIMENTS.md, sessions 40-41). The price: chains
         on such a molecule are explored by these long Cartesian excursions
@@ -513,7 +514,7 @@ class ConformerSearch:
                                           bounce_every=0 if bounce_every is None else int(bounce_every))
             weights = np.where(self.hinges.symmetric_top, float(top_weight), 1.0)
             self.hinge_kick = (ecd.hinge_directions(self.hinges.tangents, torch.tensor(weights),
-                                                    self.qp.precon, self.hinges.pucker_signs)
+                                                    self.hinges.pucker_signs)
                                if self.kick == "soft" else ecd.isotropic)
         if isinstance(self.space, TorsionSpace):
             self.hp = dataclasses.replace(self.hp, dt=torsion_dt, max_step=torsion_max_step)

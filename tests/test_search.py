@@ -216,9 +216,6 @@ def test_hinge_kicks_push_one_hinge():
     cosine = (d * along).sum((1, 2)) / (d.flatten(1).norm(dim=1) * along.flatten(1).norm(dim=1))
     assert torch.allclose(cosine.abs(), torch.ones(16, dtype=torch.float64))
     assert (cosine > 0).any() and (cosine < 0).any()           # both ways
-    soft = ecd.hinge_directions(space.tangents, weights, ecd.quench_preconditioner(
-        "bonded", bond_graph(m)))(x, torch.Generator().manual_seed(0))
-    assert torch.allclose(ecd.rigid_free(x, soft), soft, atol=1e-10)
     signed = ecd.hinge_directions(space.tangents, weights, signs=space.pucker_signs)(
         x, torch.Generator().manual_seed(0))
     outward = ecd.rigid_free(x, space.tangents(x)[:, t] * space.pucker_signs(x)[:, t, None, None])
@@ -245,7 +242,7 @@ def test_ring_molecules_explore_in_cartesians_along_hinges(ani):
 def test_axial_methylcyclohexane_flips_to_the_equatorial_chair(ani):
     """From the axial chair (ANI-1x), the equatorial chair 1.65 kcal/mol lower
     lies past a ring flip (~11 kcal/mol): no bond turns there, the ring's
-    corners must flap through boat-like forms. Found at 308 calls with seed 0."""
+    corners must flap through boat-like forms. Found at 305 calls with seed 0."""
     atoms = read(MOLECULES / "methylcyclohexane_axial.xyz")
     result = ConformerSearch(atoms, ani, walkers=1, max_force_calls=1500, seed=0).run()
     gaps = [c.info["relative_kcal_mol"] for c in result.conformers]
