@@ -167,7 +167,7 @@ class ConformerSearch:
         others at ``atoms`` rattled by ``start_rattle`` (A).
     kind: 'molecule', 'cluster' or 'auto' (cluster when all atoms are one element).
     excursion_energy: initial dE above home, adapted per walker between /4 and x8.
-        Defaults: 0.5 eV for molecules with rotatable bonds, 1.2 eV for
+        Defaults: 0.5 eV for molecules with rotatable bonds, 1.6 eV for
         molecules with puckered rings (``ring_flips``), 0.3 eV for rigid ones;
         5 for clusters, in the units of LJ with epsilon = 1 (scale it with the
         binding energy per atom for other potentials).
@@ -284,7 +284,7 @@ class ConformerSearch:
         a coherent motion of all its atoms, which rigid turns about bonds as
         coordinates cannot make (a rigid corner flap costs eV), and which
         isotropic bounces broke up: the excursions run 70 steps of dt 0.2 at
-        dE0 1.2 eV and gap 2 eV with no bounce, and harvest their lowest
+        dE0 1.6 eV and gap 2 eV with no bounce, and harvest their lowest
         point after the first third. From the higher chair, axial
         methylcyclohexane (ANI-1x) reaches the equatorial one in every run
         measured (benchmarks/EXPERIMENTS.md, sessions 40-41). The price: chains
@@ -507,7 +507,7 @@ class ConformerSearch:
                       else CartesianSpace())
         if self.hinges is not None:
             self.excursion_steps = int(excursion_steps or 70)
-            self.excursion_energy = excursion_energy or 1.2
+            self.excursion_energy = excursion_energy or 1.6
             # a ring flips only on a long coherent path, and crosses from the
             # twist-boats into a chair more often on a high floor (measured: EXPERIMENTS.md)
             self.hp = dataclasses.replace(self.hp, dt=0.2 if dt is None else dt, gap=gap or 2.0,
