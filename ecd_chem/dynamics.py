@@ -460,6 +460,20 @@ def inverse_hessian_apply(s, y, v, fallback: float, precondition=None) -> torch.
         + (s.transpose(1, 2) @ top).squeeze(-1)
 
 
+def dihedral_angles(x: torch.Tensor, quads) -> torch.Tensor:
+    """(..., Q) dihedral angles (radians, -pi..pi, IUPAC sign: clockwise seen
+    along the middle bond is positive, as ASE and RDKit) of the atom
+    quadruples ``quads`` (Q, 4) in the geometries x (..., N, 3); smooth enough
+    for autograd at a zero-length middle bond."""
+    q = torch.as_tensor(quads, device=x.device)
+    b1 = x[..., q[:, 1], :] - x[..., q[:, 0], :]
+    b2 = x[..., q[:, 2], :] - x[..., q[:, 1], :]
+    b3 = x[..., q[:, 3], :] - x[..., q[:, 2], :]
+    n1, n2 = torch.cross(b1, b2, dim=-1), torch.cross(b2, b3, dim=-1)
+    m1 = torch.cross(b2 / torch.sqrt((b2 * b2).sum(-1, keepdim=True) + 1e-20), n1, dim=-1)
+    return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1) + 1e-20)
+
+
 def rigid_free(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """d (W, N, 3) without its components along the rigid translations and
     rotations of the geometries x (W, N, 3)."""
@@ -670,11 +684,7 @@ class BondedPreconditioner:
         lengths = norm(x[b[:, 1]] - x[b[:, 0]])
         u, v = x[a[:, 0]] - x[a[:, 1]], x[a[:, 2]] - x[a[:, 1]]
         angles = torch.atan2(norm(torch.cross(u, v, dim=-1)), (u * v).sum(-1))
-        b1, b2, b3 = x[d[:, 1]] - x[d[:, 0]], x[d[:, 2]] - x[d[:, 1]], x[d[:, 3]] - x[d[:, 2]]
-        n1, n2 = torch.cross(b1, b2, dim=-1), torch.cross(b2, b3, dim=-1)
-        m1 = torch.cross(n1, b2 / norm(b2)[:, None], dim=-1)
-        dihedrals = torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1) + 1e-20)
-        return torch.cat([lengths, angles, dihedrals])
+        return torch.cat([lengths, angles, dihedral_angles(x, d)])
 
     def wilson(self, x: torch.Tensor) -> torch.Tensor:
         """B (W, M, N, 3): d internals / d x at the geometries x (W, N, 3), in
@@ -709,10 +719,10 @@ class BondedPreconditioner:
                 & (c2 > (2e-3 * g) ** 2 * (H * H).sum(-1, keepdim=True))).to(x.dtype)
         A, C = A / a2.clamp_min(1e-30) * live, C / c2.clamp_min(1e-30) * live
         fg, hg = (F * G).sum(-1, keepdim=True) / g, (H * G).sum(-1, keepdim=True) / g
-        B[:, rows, d[:, 0]] = -g * A
-        B[:, rows, d[:, 3]] = g * C
-        B[:, rows, d[:, 1]] = g * A + fg * A - hg * C
-        B[:, rows, d[:, 2]] = hg * C - fg * A - g * C
+        B[:, rows, d[:, 0]] = g * A
+        B[:, rows, d[:, 3]] = -g * C
+        B[:, rows, d[:, 1]] = hg * C - g * A - fg * A
+        B[:, rows, d[:, 2]] = g * C + fg * A - hg * C
         return B
 
     def matrix(self, x: torch.Tensor) -> torch.Tensor:

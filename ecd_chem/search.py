@@ -291,6 +291,16 @@ class ConformerSearch:
         on such a molecule are explored by these long Cartesian excursions
         rather than 15 torsion steps. False: torsion space, and each ring
         keeps the pucker of its starts (give ring conformers as ``starts``).
+    inversion_stop (degrees): under ``ring_flips``, an excursion ends as soon
+        as a ring's pucker has inverted from its pucker at home, every
+        endocyclic torsion of that ring having changed sign and lying at least
+        this far from planar, and its quench starts there instead of at the
+        lowest point of the whole excursion: the walker has crossed into the
+        other pucker's basin, where the full excursion's quench ended too in
+        the runs traced (session 41).
+        Cut the calls to methylcyclohexane's equatorial chair by ~10% at one
+        walker and ~30% at four and eight (benchmarks/EXPERIMENTS.md, session
+        42). 0: off.
     quench_fmax, refine_fmax (eV/A): quench and final refinement thresholds.
     screen_fmax (eV/A): a quench whose energy stays above the lowest known
         minimum (by more than the archive's energy gate) may stop at this looser
@@ -344,7 +354,7 @@ class ConformerSearch:
                  leave_at=4.0, home_patience=None, accept_above=None, accept_rate=1.1, method="bbi",
                  eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_memory=None,
                  kick_torsions=1, surface_kicks=None, restart_after=None, restart_stalled=None,
-                 restart_from="start", top_weight=0.3, ring_flips=True,
+                 restart_from="start", top_weight=0.3, ring_flips=True, inversion_stop=15.0,
                  quench_fmax=None, screen_fmax=None, revisit_fmax=None, revisit_rmsd=None,
                  home_radius=None, quench_steps=500, precon=None,
                  refine_fmax=None,
@@ -503,6 +513,7 @@ class ConformerSearch:
         hinges = None if cluster else TorsionSpace(
             self.topology, self.atoms.numbers, self.atoms.positions if ring_flips else None)
         self.hinges = hinges if hinges is not None and hinges.corner.any() else None
+        self.inversion_stop = float(inversion_stop)
         self.space = (hinges if hinges is not None and hinges.count and self.hinges is None
                       else CartesianSpace())
         if self.hinges is not None:
@@ -554,6 +565,8 @@ class ConformerSearch:
             (self.target_energy is None or not math.isnan(self.target_energy),
              "target_energy must be a number or None, got nan"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+            (finite(self.inversion_stop) and 0 <= self.inversion_stop < 90,
+             f"inversion_stop must lie in [0, 90) degrees (0: off), got {self.inversion_stop}"),
             (0 <= self.refine_reserve < 1, f"refine_reserve must lie in [0, 1), got {self.refine_reserve}"),
         ]
         for ok, message in checks:
@@ -1038,6 +1051,14 @@ class ConformerSearch:
             harvest_x = torch.where(at_dip, last_cart, self.best_cart)
             harvest_g = torch.where(at_dip, last_cart_g, self.best_cart_g)
             harvest_f = torch.where(stopped, last_f, self.walkers.best_f)
+            if self.hinges is not None and self.inversion_stop > 0:
+                # a ring that has flipped is in the other pucker's basin: quench it now
+                flipped = self.exploring & ~failed & ~stopped & self.hinges.inverted(
+                    x, self.home_x, math.radians(self.inversion_stop))
+                harvest_x = torch.where(flipped[:, None, None], x, harvest_x)
+                harvest_g = torch.where(flipped[:, None, None], g, harvest_g)
+                harvest_f = torch.where(flipped, f, harvest_f)
+                stopped = stopped | flipped
             self.before_last_f = torch.where(self.exploring, last_f, self.before_last_f)
             ended = torch.nonzero(self.exploring & ~failed
                                   & ((steps >= self.excursion_steps) | stopped)).flatten().tolist()

@@ -348,6 +348,11 @@ class TorsionSpace:
         self.corner = np.arange(self.count) >= len(bonds)
         # each corner's ring in bonded order, the corner atom last
         self.rings = [h[3] for h in corners]
+        # (Q, 4) the endocyclic torsions of each distinct ring, and (Q,) which ring
+        distinct = list({frozenset(r): r for r in self.rings}.values())
+        self.ring_quads = np.array([[r[(i + k) % len(r)] for k in range(4)]
+                                    for r in distinct for i in range(len(r))], dtype=int).reshape(-1, 4)
+        self.quad_ring = np.array([n for n, r in enumerate(distinct) for _ in r], dtype=int)
         # (T,) torsions that turn a symmetric top (CH3, CF3): three like terminal
         # atoms on either end, so a turn by 120 degrees gives back the same conformer
         self.symmetric_top = np.zeros(self.count, bool)
@@ -393,6 +398,25 @@ class TorsionSpace:
             rise = (tangents[:, first + c, ring[-1]] * normal).sum(-1)
             signs[:, first + c] = torch.sign(height * rise)
         return signs
+
+    def ring_torsions(self, cart):
+        """(W, Q) the endocyclic torsions (radians) of the puckered rings at
+        ``cart`` (W, N, 3), in the order of ``ring_quads``."""
+        from .dynamics import dihedral_angles
+        return dihedral_angles(cart, self.ring_quads)
+
+    def inverted(self, cart, reference, least: float):
+        """(W,) whether some ring at ``cart`` has the opposite pucker to its
+        pucker at ``reference`` (both (W, N, 3)): every endocyclic torsion of
+        that ring changed sign and is at least ``least`` radians from planar."""
+        import torch
+        now, then = self.ring_torsions(cart), self.ring_torsions(reference)
+        flipped = ((now * then < 0) & (now.abs() >= least)).to(torch.long)
+        rings = torch.as_tensor(self.quad_ring, device=cart.device)
+        per_ring = torch.zeros(cart.shape[0], int(self.quad_ring.max()) + 1, dtype=torch.long,
+                               device=cart.device).index_add_(1, rings, flipped)
+        sizes = torch.bincount(rings)
+        return (per_ring == sizes).any(1)
 
     def move(self, cart, dq):
         """Rotate each bond's side of ``cart`` (W, N, 3) by dq (W, T, 1), in turn."""

@@ -203,6 +203,25 @@ def test_pucker_signs_flap_corners_away_from_the_ring_plane():
             assert (height(moved, ring) > height(m.positions, ring)) == grows
 
 
+def test_ring_torsions_and_their_inversion():
+    from ecd_chem.structures import from_smiles
+    m = from_smiles("CC1CCCCC1", 1)[0]
+    space = TorsionSpace(bond_graph(m), m.numbers, m.positions)
+    assert space.ring_quads.shape == (6, 4) and (space.quad_ring == 0).all()  # one ring, six corners
+    x = torch.tensor(m.positions)[None]
+    torsions = space.ring_torsions(x)[0]
+    expected = [m.get_dihedral(*quad) for quad in space.ring_quads]
+    assert np.allclose(np.degrees(torsions.numpy()) % 360, np.array(expected) % 360)
+    assert (torsions.abs() > np.radians(40)).all()                       # a chair
+    mirrored = x * torch.tensor([-1.0, 1.0, 1.0])      # every torsion changes sign: the other chair
+    both = torch.cat([x, mirrored])
+    assert space.inverted(both, x.expand(2, -1, -1), np.radians(15)).tolist() == [False, True]
+    assert not space.inverted(mirrored, x, np.radians(80)).any()         # none that far from planar
+    flattened = mirrored.clone()
+    flattened[0, space.ring_quads[0]] = x[0, space.ring_quads[0]]       # one corner left as it was
+    assert not space.inverted(flattened, x, np.radians(15)).any()
+
+
 def test_hinge_kicks_push_one_hinge():
     from ecd_chem.structures import from_smiles
     m = from_smiles("CC1CCCCC1", 1)[0]
@@ -242,7 +261,7 @@ def test_ring_molecules_explore_in_cartesians_along_hinges(ani):
 def test_axial_methylcyclohexane_flips_to_the_equatorial_chair(ani):
     """From the axial chair (ANI-1x), the equatorial chair 1.65 kcal/mol lower
     lies past a ring flip (~11 kcal/mol): no bond turns there, the ring's
-    corners must flap through boat-like forms. Found at 310 calls with seed 0."""
+    corners must flap through boat-like forms. Found at 293 calls with seed 0."""
     atoms = read(MOLECULES / "methylcyclohexane_axial.xyz")
     result = ConformerSearch(atoms, ani, walkers=1, max_force_calls=1500, seed=0).run()
     gaps = [c.info["relative_kcal_mol"] for c in result.conformers]
@@ -254,6 +273,50 @@ def test_axial_methylcyclohexane_flips_to_the_equatorial_chair(ani):
     normal = np.linalg.svd(centred)[2][-1]
     height = abs((best.positions[0] - best.positions[ring].mean(0)) @ normal)
     assert height < 1.0
+
+
+def test_ring_excursions_end_where_the_ring_has_inverted(ani):
+    """An excursion ends at the first step where a ring has inverted its
+    pucker from home, and its quench starts from that point; with
+    ``inversion_stop=0`` every excursion runs its 70 steps."""
+    atoms = read(MOLECULES / "methylcyclohexane_axial.xyz")
+
+    def excursions(**kwargs):
+        """Per excursion: whether the ring was inverted at each of its steps,
+        and whether the point its quench started from was."""
+        search = ConformerSearch(atoms, ani, walkers=2, max_force_calls=600, seed=0, **kwargs)
+        least = np.radians(15.0)
+        paths, ended = {}, []
+
+        def follow(s):
+            inverted = s.hinges.inverted(s.cart, s.home_x, least)
+            for w in torch.nonzero(s.exploring).flatten().tolist():
+                if int(s.walkers.steps[w]) == 1:
+                    paths[w] = []
+                paths[w].append(bool(inverted[w]))
+        search.attach(follow)
+        start = search._start_quenches
+
+        def spy(rows, x, f, g):
+            for i, w in enumerate(rows):
+                if paths.get(w):
+                    harvest = search.hinges.inverted(x[i:i + 1], search.home_x[w:w + 1], least)
+                    ended.append((paths.pop(w), bool(harvest)))
+            start(rows, x, f, g)
+        search._start_quenches = spy
+        search.run()
+        return ended
+
+    stopped = excursions()
+    assert stopped and all(True not in path[:-1] for path, _ in stopped)   # none goes on past it
+    flips = [(path, harvest) for path, harvest in stopped if path[-1]]
+    assert flips and all(harvest and len(path) <= 70 for path, harvest in flips)
+    assert any(len(path) < 70 for path, _ in flips)
+    full = excursions(inversion_stop=0)
+    assert full and all(len(path) == 70 for path, _ in full)
+    assert any(True in path for path, _ in full)      # without the stop they flip and go on
+    with pytest.raises(ValueError, match="inversion_stop"):
+        ConformerSearch(atoms, ani, inversion_stop=90)
 
 
 @pytest.mark.parametrize("kick, kick_torsions, nonzero",
