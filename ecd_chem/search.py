@@ -164,7 +164,10 @@ class ConformerSearch:
     seed: the search's random generator (start perturbations, momenta, bounces).
     starts: optional list of starting structures (e.g. RDKit conformers), used
         round-robin for the walkers; otherwise walker 0 starts at ``atoms`` and the
-        others at ``atoms`` rattled by ``start_rattle`` (A).
+        others at ``atoms`` rattled by ``start_rattle`` (A; clusters 0.1,
+        molecules 0: a rattled molecule's first quench only comes back to the
+        input's minimum, once per walker, and the walkers part at their first
+        kicks anyway; benchmarks/EXPERIMENTS.md, session 42).
     kind: 'molecule', 'cluster' or 'auto' (cluster when all atoms are one element).
     excursion_energy: initial dE above home, adapted per walker between /4 and x8.
         Defaults: 0.5 eV for molecules with rotatable bonds, 1.6 eV for
@@ -360,7 +363,7 @@ class ConformerSearch:
                  refine_fmax=None,
                  energy_window=6.0, energy_tolerance=0.05, rmsd_threshold=0.125,
                  merge_top_rotamers=True,
-                 temperature=298.15, start_rattle=0.1, target_energy=None,
+                 temperature=298.15, start_rattle=None, target_energy=None,
                  checkpoint=None, checkpoint_every=25, refine_reserve=0.1):
         if atoms is None or len(atoms) < 2:
             raise InputError("ConformerSearch needs a structure of at least 2 atoms")
@@ -398,7 +401,7 @@ class ConformerSearch:
         self.max_force_calls = int(max_force_calls)
         self.seed = int(seed)
         self.starts = starts
-        self.start_rattle = start_rattle
+        self.start_rattle = (0.1 if cluster else 0.0) if start_rattle is None else start_rattle
         self.excursion_energy = excursion_energy or (5.0 if cluster else 0.3)
         self.excursion_steps = int(excursion_steps or (60 if cluster else 30))
         self.excursion_minima = int((3 if cluster else 0) if excursion_minima is None
