@@ -899,6 +899,22 @@ def test_default_excursion_follows_the_space(structure, energy, torsions, minima
         assert ((d.flatten(1) != 0).sum(1) == torsions).all()
 
 
+@pytest.mark.parametrize("structure, rattle", [("cluster", 0.1), ("CH3CH2OH", 0.0)])
+def test_walkers_start_at_the_input_rattled_only_for_clusters(structure, rattle):
+    """Walker 0 starts at the input; the others at the input rattled by 0.1
+    (sigma) for clusters, unrattled for molecules, whose rattled starts only
+    quenched back to the input's minimum."""
+    atoms = random_cluster(13, seed=0) if structure == "cluster" else molecule(structure)
+    calc = LennardJonesModel() if structure == "cluster" else EMT()
+    search = ConformerSearch(atoms, calc, walkers=3, seed=1)
+    assert search.start_rattle == rattle
+    x = search._start_positions().numpy()
+    assert np.array_equal(x[0], atoms.positions)
+    spread = np.abs(x[1:] - atoms.positions).max()
+    assert (spread == 0) if rattle == 0 else (0.1 < spread < 1.0)
+    assert ConformerSearch(atoms, calc, walkers=3, start_rattle=0.05).start_rattle == 0.05
+
+
 def test_molecule_revisits_stop_early_and_lose_no_conformer(ani):
     """Butane with one walker and revisits on (off by default for molecules):
     they end early (fewer quench calls per landing), and the anti and both
