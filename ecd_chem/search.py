@@ -167,7 +167,9 @@ class ConformerSearch:
         others at ``atoms`` rattled by ``start_rattle`` (A; clusters 0.1,
         molecules 0: a rattled molecule's first quench only comes back to the
         input's minimum, once per walker, and the walkers part at their first
-        kicks anyway; benchmarks/EXPERIMENTS.md, session 42).
+        kicks anyway; benchmarks/EXPERIMENTS.md, session 42). Walkers that all
+        start at one geometry have it quenched once, alone, and all start
+        from its minimum.
     kind: 'molecule', 'cluster' or 'auto' (cluster when all atoms are one element).
     excursion_energy: initial dE above home, adapted per walker between /4 and x8.
         Defaults: 0.5 eV for molecules with rotatable bonds, 1.6 eV for
@@ -674,8 +676,12 @@ class ConformerSearch:
         self.restarts = 0
         self.rng = torch.Generator().manual_seed(self.seed)
         x = self._start_positions()
-        f, g = self._safe(self.evaluate(x))
-        self.quench_calls += self.W
+        if self.W > 1 and bool((x == x[:1]).all()):
+            # every walker starts at one geometry: quench it once, not W times over
+            x, f, g = (t.expand(self.W, *t.shape[1:]).clone() for t in self._quench_one(x[:1]))
+        else:
+            f, g = self._safe(self.evaluate(x))
+            self.quench_calls += self.W
         q = self.space.initial(x)
         self.walkers = ecd.init(q, f, self.space.gradient(x, g), self.hp, rng=self.rng)
         self.quench = ecd.quench_init(x, f, g, self.qp)
@@ -696,6 +702,18 @@ class ConformerSearch:
         self.own_lowest = [math.inf] * self.W  # each walker's lowest home since its last start
         self.stalled = [0] * self.W           # landings since that last improved
         self._fresh_path()
+
+    def _quench_one(self, x):
+        """Quench the geometry x (1, N, 3) alone to quench_fmax, leaving the
+        walkers' first step in the budget; (x, f, g) where it stopped."""
+        f, g = self._safe(self.evaluate(x))
+        self.quench_calls += 1
+        state, _, used = ecd.quench_until(
+            ecd.quench_init(x, f, g, self.qp), lambda xs: self._safe(self.evaluate(xs)),
+            self.quench_fmax, self.quench_steps, self.qp,
+            budget=max(0, self._main_budget() - self.calls - self.W))
+        self.quench_calls += int(used.sum())
+        return state.x, state.f, state.g
 
     def _fresh_path(self):
         """The energy two points back on each excursion path, and its dips so

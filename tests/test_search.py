@@ -915,6 +915,32 @@ def test_walkers_start_at_the_input_rattled_only_for_clusters(structure, rattle)
     assert ConformerSearch(atoms, calc, walkers=3, start_rattle=0.05).start_rattle == 0.05
 
 
+def test_walkers_sharing_one_start_quench_it_once(ani):
+    """W walkers that all start at one geometry (a molecule searched from
+    its input) quench it once, then each takes the same first step from its
+    minimum: the first excursion starts 2W - 1 calls later than a lone
+    walker's, where W separate quenches would have cost W times as much."""
+    atoms = molecule("CH3CH2OH")                    # ASE's geometry, not ANI-1x's minimum
+    first, starts = {}, {}
+    for walkers in (1, 4):
+        search = ConformerSearch(atoms, ani, walkers=walkers, max_force_calls=300, seed=0)
+
+        def watch(s, walkers=walkers):
+            if walkers not in starts:
+                starts[walkers] = s.quench.x.clone()
+            if s.exploring.any() and walkers not in first:
+                first[walkers] = s.calls
+        search.attach(watch)
+        search.run()
+    lone_quench = first[1] - 2            # its evaluation at the start and its first excursion step
+    assert lone_quench >= 2               # the input is not a minimum: the quench took steps
+    assert first[4] == first[1] + 2 * 4 - 1
+    assert first[4] < 4 * first[1]
+    # all four took their first step from the one minimum (batched float32 rows may differ in
+    # the last digits)
+    assert torch.allclose(starts[4], starts[4][:1].expand(4, -1, -1), atol=1e-5)
+
+
 def test_molecule_revisits_stop_early_and_lose_no_conformer(ani):
     """Butane with one walker and revisits on (off by default for molecules):
     they end early (fewer quench calls per landing), and the anti and both
