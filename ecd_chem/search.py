@@ -70,6 +70,9 @@ from .structures import (KCAL_PER_MOL, InputError, check_atoms, atomic_write, bo
 CHECKPOINT_VERSION = 1
 # clusters of at least this many atoms get surface kicks by default (LJ19: a wash; LJ13: a loss)
 SURFACE_KICKS_FROM = 20
+# a chain torsion turned this far from home (radians) has crossed the barrier
+# between staggered wells, 60 degrees from each
+CHAIN_TURN = math.radians(60)
 
 
 @dataclass
@@ -306,6 +309,16 @@ class ConformerSearch:
         Cut the calls to methylcyclohexane's equatorial chair by ~10% at one
         walker and ~30% at four and eight (benchmarks/EXPERIMENTS.md, session
         42). 0: off.
+    futility_stop (steps): under ``ring_flips``, an excursion that by this
+        step has begun no change of conformer, no endocyclic torsion having
+        changed sign and no torsion about a rotatable bond (symmetric tops
+        left out) having turned 60 degrees from home, ends there and is
+        quenched from its lowest point: from a chair, every excursion that
+        inverted the ring had changed a ring torsion's sign by step 32, and one
+        that has done neither by 35 rarely does either later. Judging the
+        chain torsions too keeps the excursions that are turning a side chain
+        (n-butylcyclohexane lost a run when only the ring was judged).
+        Default 35 of the 70 steps; 0: off (benchmarks/EXPERIMENTS.md, session 43).
     quench_fmax, refine_fmax (eV/A): quench and final refinement thresholds.
     screen_fmax (eV/A): a quench whose energy stays above the lowest known
         minimum (by more than the archive's energy gate) may stop at this looser
@@ -360,6 +373,7 @@ class ConformerSearch:
                  eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_memory=None,
                  kick_torsions=1, surface_kicks=None, restart_after=None, restart_stalled=None,
                  restart_from="start", top_weight=0.3, ring_flips=True, inversion_stop=15.0,
+                 futility_stop=35,
                  quench_fmax=None, screen_fmax=None, revisit_fmax=None, revisit_rmsd=None,
                  home_radius=None, quench_steps=500, precon=None,
                  refine_fmax=None,
@@ -519,6 +533,7 @@ class ConformerSearch:
             self.topology, self.atoms.numbers, self.atoms.positions if ring_flips else None)
         self.hinges = hinges if hinges is not None and hinges.corner.any() else None
         self.inversion_stop = float(inversion_stop)
+        self.futility_stop = int(futility_stop)
         self.space = (hinges if hinges is not None and hinges.count and self.hinges is None
                       else CartesianSpace())
         if self.hinges is not None:
@@ -572,6 +587,7 @@ class ConformerSearch:
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
             (finite(self.inversion_stop) and 0 <= self.inversion_stop < 90,
              f"inversion_stop must lie in [0, 90) degrees (0: off), got {self.inversion_stop}"),
+            (self.futility_stop >= 0, f"futility_stop must be >= 0 (0: off), got {self.futility_stop}"),
             (0 <= self.refine_reserve < 1, f"refine_reserve must lie in [0, 1), got {self.refine_reserve}"),
         ]
         for ok, message in checks:
@@ -720,6 +736,7 @@ class ConformerSearch:
         far, as if every walker had just left home (home is never a dip)."""
         self.before_last_f = torch.full((self.W,), -math.inf, dtype=torch.float64)
         self.dips = torch.zeros(self.W, dtype=torch.long)
+        self.stirred = torch.zeros(self.W, dtype=torch.bool)
 
     @staticmethod
     def _safe(fg):
@@ -752,6 +769,7 @@ class ConformerSearch:
         self.exploring[idx] = True
         self.before_last_f[idx] = -math.inf
         self.dips[idx] = 0
+        self.stirred[idx] = False
 
     def _directions(self, rows):
         """How walkers ``rows`` draw new momentum directions (see ``kick``,
@@ -1080,6 +1098,11 @@ class ConformerSearch:
                 harvest_g = torch.where(flipped[:, None, None], g, harvest_g)
                 harvest_f = torch.where(flipped, f, harvest_f)
                 stopped = stopped | flipped
+            if self.hinges is not None and self.futility_stop > 0:
+                # an excursion that has begun no change of conformer by now rarely makes one later
+                self.stirred |= self.exploring & self.hinges.stirred(x, self.home_x, CHAIN_TURN)
+                stopped = stopped | (self.exploring & ~failed & (steps == self.futility_stop)
+                                     & ~self.stirred)
             self.before_last_f = torch.where(self.exploring, last_f, self.before_last_f)
             ended = torch.nonzero(self.exploring & ~failed
                                   & ((steps >= self.excursion_steps) | stopped)).flatten().tolist()
@@ -1239,7 +1262,7 @@ class ConformerSearch:
             "own_lowest": self.own_lowest, "stalled": self.stalled,
             **{name: getattr(self, name).tolist()
                for name in ("cart", "cart_g", "best_cart", "best_cart_g",
-                            "before_last_f", "dips")},
+                            "before_last_f", "dips", "stirred")},
         }
 
         def write_to(tmp):
@@ -1293,6 +1316,8 @@ class ConformerSearch:
         if "dips" in data:
             self.before_last_f = torch.tensor(data["before_last_f"], dtype=torch.float64)
             self.dips = torch.tensor(data["dips"], dtype=torch.long)
+        if "stirred" in data:
+            self.stirred = torch.tensor(data["stirred"], dtype=torch.bool)
         if self.walkers.x.shape[1:] != self.space.initial(self.home_x).shape[1:]:
             # written in another exploration space (a ring molecule before session
             # 40, or another ring_flips): the archive, homes and quenches carry

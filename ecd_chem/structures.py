@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -360,6 +361,17 @@ class TorsionSpace:
             ends, bonded = symmetric_top_ends(adjacency, numbers), np.asarray(adjacency, bool)
             self.symmetric_top[:len(bonds)] = [ends[bonded[i]].sum() == 3 or ends[bonded[j]].sum() == 3
                                                for i, j in zip(self.i[:len(bonds)], self.j[:len(bonds)])]
+        # (C, 4) a dihedral about each rotatable bond that is not a symmetric top,
+        # through the heaviest neighbour on either side: turning that bond changes it
+        bonded = np.asarray(adjacency, bool)
+        mass = np.ones(len(bonded)) if numbers is None else np.asarray(numbers)
+
+        def outer(a, b):
+            return max((k for k in np.flatnonzero(bonded[a]) if k != b), key=lambda k: (mass[k], -k))
+        self.chain_quads = np.array([[outer(i, j), i, j, outer(j, i)]
+                                     for t, (i, j) in enumerate(zip(self.i, self.j))
+                                     if not self.corner[t] and not self.symmetric_top[t]],
+                                    dtype=int).reshape(-1, 4)
 
     def initial(self, cart):
         import torch
@@ -417,6 +429,22 @@ class TorsionSpace:
                                device=cart.device).index_add_(1, rings, flipped)
         sizes = torch.bincount(rings)
         return (per_ring == sizes).any(1)
+
+    def stirred(self, cart, reference, turn: float):
+        """(W,) whether ``cart`` has begun to leave the conformer at ``reference``
+        (both (W, N, 3)): some endocyclic torsion of a puckered ring has changed
+        sign, or some torsion about a rotatable bond (``chain_quads``; symmetric
+        tops left out) has turned by at least ``turn`` radians."""
+        import torch
+        from .dynamics import dihedral_angles
+        moved = torch.zeros(cart.shape[0], dtype=torch.bool, device=cart.device)
+        if len(self.ring_quads):
+            moved |= (self.ring_torsions(cart) * self.ring_torsions(reference) < 0).any(1)
+        if len(self.chain_quads):
+            turned = dihedral_angles(cart, self.chain_quads) - dihedral_angles(reference, self.chain_quads)
+            turned = torch.remainder(turned + math.pi, 2 * math.pi) - math.pi
+            moved |= (turned.abs() >= turn).any(1)
+        return moved
 
     def move(self, cart, dq):
         """Rotate each bond's side of ``cart`` (W, N, 3) by dq (W, T, 1), in turn."""

@@ -222,6 +222,34 @@ def test_ring_torsions_and_their_inversion():
     assert not space.inverted(flattened, x, np.radians(15)).any()
 
 
+def test_stirred_sees_ring_sign_changes_and_chain_turns():
+    from ecd_chem.structures import from_smiles
+    m = from_smiles("CCCCC1CCCCC1", 1)[0]            # n-butylcyclohexane
+    space = TorsionSpace(bond_graph(m), m.numbers, m.positions)
+    # ring-C1, C1-C2, C2-C3 turn the chain; C3-C4 turns a methyl top and is left out
+    assert space.chain_quads.shape == (3, 4)
+    assert all(m.numbers[q].tolist() == [6, 6, 6, 6] for q in space.chain_quads)
+    x = torch.tensor(m.positions)[None]
+    least = np.radians(60)
+    assert not space.stirred(x, x, least).any()
+    bond = int(np.flatnonzero(~space.corner & ~space.symmetric_top)[0])
+    for angle, turned in ((40, False), (70, True), (-70, True), (300, True)):
+        dq = torch.zeros(1, space.count, 1, dtype=torch.float64)
+        dq[0, bond] = np.radians(angle)
+        assert space.stirred(space.move(x, dq), x, least).item() == turned
+    top = int(np.flatnonzero(space.symmetric_top)[0])
+    dq = torch.zeros(1, space.count, 1, dtype=torch.float64)
+    dq[0, top] = np.radians(120)
+    assert not space.stirred(space.move(x, dq), x, least).any()      # a methyl turn changes nothing
+    mirrored = x * torch.tensor([-1.0, 1.0, 1.0])
+    assert space.stirred(mirrored, x, least).all()                   # the ring's torsions changed sign
+    ring_only = TorsionSpace(bond_graph(m), m.numbers, m.positions)
+    ring_only.chain_quads = ring_only.chain_quads[:0]
+    dq = torch.zeros(1, space.count, 1, dtype=torch.float64)
+    dq[0, bond] = np.radians(90)
+    assert not ring_only.stirred(space.move(x, dq), x, least).any()
+
+
 def test_hinge_kicks_push_one_hinge():
     from ecd_chem.structures import from_smiles
     m = from_smiles("CC1CCCCC1", 1)[0]
@@ -261,7 +289,7 @@ def test_ring_molecules_explore_in_cartesians_along_hinges(ani):
 def test_axial_methylcyclohexane_flips_to_the_equatorial_chair(ani):
     """From the axial chair (ANI-1x), the equatorial chair 1.65 kcal/mol lower
     lies past a ring flip (~11 kcal/mol): no bond turns there, the ring's
-    corners must flap through boat-like forms. Found at 293 calls with seed 0."""
+    corners must flap through boat-like forms. Found at 259 calls with seed 0."""
     atoms = read(MOLECULES / "methylcyclohexane_axial.xyz")
     result = ConformerSearch(atoms, ani, walkers=1, max_force_calls=1500, seed=0).run()
     gaps = [c.info["relative_kcal_mol"] for c in result.conformers]
@@ -278,7 +306,8 @@ def test_axial_methylcyclohexane_flips_to_the_equatorial_chair(ani):
 def test_ring_excursions_end_where_the_ring_has_inverted(ani):
     """An excursion ends at the first step where a ring has inverted its
     pucker from home, and its quench starts from that point; with
-    ``inversion_stop=0`` every excursion runs its 70 steps."""
+    ``inversion_stop=0`` (and ``futility_stop=0``) every excursion runs its
+    70 steps."""
     atoms = read(MOLECULES / "methylcyclohexane_axial.xyz")
 
     def excursions(**kwargs):
@@ -312,11 +341,54 @@ def test_ring_excursions_end_where_the_ring_has_inverted(ani):
     flips = [(path, harvest) for path, harvest in stopped if path[-1]]
     assert flips and all(harvest and len(path) <= 70 for path, harvest in flips)
     assert any(len(path) < 70 for path, _ in flips)
-    full = excursions(inversion_stop=0)
+    full = excursions(inversion_stop=0, futility_stop=0)
     assert full and all(len(path) == 70 for path, _ in full)
     assert any(True in path for path, _ in full)      # without the stop they flip and go on
     with pytest.raises(ValueError, match="inversion_stop"):
         ConformerSearch(atoms, ani, inversion_stop=90)
+
+
+def test_ring_excursions_that_change_nothing_end_early(ani):
+    """An excursion in which no ring torsion has changed sign and no chain
+    torsion has turned by ``futility_stop`` steps ends there; one that has
+    goes on. With ``futility_stop=0`` idle excursions run their 70 steps."""
+    atoms = read(MOLECULES / "methylcyclohexane_axial.xyz")
+    stop = 25
+
+    def excursions(**kwargs):
+        """Per excursion: its length and whether it had stirred by step ``stop``."""
+        search = ConformerSearch(atoms, ani, walkers=2, max_force_calls=600, seed=0,
+                                 inversion_stop=0, **kwargs)
+        steps, stirred, done = {}, {}, []
+
+        def follow(s):
+            moved = s.hinges.stirred(s.cart, s.home_x, np.radians(60))
+            for w in torch.nonzero(s.exploring).flatten().tolist():
+                n = int(s.walkers.steps[w])
+                if n == 1:
+                    stirred[w] = False
+                steps[w] = n
+                if n <= stop:
+                    stirred[w] |= bool(moved[w])
+        search.attach(follow)
+        start = search._start_quenches
+
+        def spy(rows, x, f, g):
+            done.extend((steps.pop(w), stirred.pop(w)) for w in rows if w in steps)
+            start(rows, x, f, g)
+        search._start_quenches = spy
+        search.run()
+        return done
+
+    cut = excursions(futility_stop=stop)
+    assert cut and all(length == stop for length, moved in cut if not moved)
+    assert all(length == 70 for length, moved in cut if moved)
+    assert any(not moved for _, moved in cut) and any(moved for _, moved in cut)
+    uncut = excursions(futility_stop=0)
+    assert all(length == 70 for length, _ in uncut)
+    assert any(not moved for _, moved in uncut)          # idle excursions that ran on
+    with pytest.raises(ValueError, match="futility_stop"):
+        ConformerSearch(atoms, ani, futility_stop=-1)
 
 
 @pytest.mark.parametrize("kick, kick_torsions, nonzero",
