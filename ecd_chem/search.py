@@ -310,9 +310,9 @@ class ConformerSearch:
         walker and ~30% at four and eight (benchmarks/EXPERIMENTS.md, session
         42). 0: off.
     futility_stop (steps): under ``ring_flips``, an excursion that by this
-        step has begun no change of conformer, no endocyclic torsion having
-        changed sign and no torsion about a rotatable bond (symmetric tops
-        left out) having turned 60 degrees from home, ends there and is
+        step has started no change of conformer (no endocyclic torsion has
+        changed sign, and no torsion about a rotatable bond, symmetric tops
+        left out, has turned 60 degrees from home) ends there and is
         quenched from its lowest point: from a chair, every excursion that
         inverted the ring had changed a ring torsion's sign by step 32, and one
         that has done neither by 35 rarely does either later. Judging the
@@ -1099,7 +1099,7 @@ class ConformerSearch:
                 harvest_f = torch.where(flipped, f, harvest_f)
                 stopped = stopped | flipped
             if self.hinges is not None and self.futility_stop > 0:
-                # an excursion that has begun no change of conformer by now rarely makes one later
+                # an excursion that has started no change of conformer by now rarely makes one later
                 self.stirred |= self.exploring & self.hinges.stirred(x, self.home_x, CHAIN_TURN)
                 stopped = stopped | (self.exploring & ~failed & (steps == self.futility_stop)
                                      & ~self.stirred)
