@@ -73,6 +73,10 @@ SURFACE_KICKS_FROM = 20
 # a chain torsion turned this far from home (radians) has crossed the barrier
 # between staggered wells, 60 degrees from each
 CHAIN_TURN = math.radians(60)
+# molecule excursions in torsion space, and under ring_flips in Cartesians:
+# dE0 (eV), gap (eV) and steps (measured: EXPERIMENTS.md, sessions 14-16 and 41)
+TORSION_ENERGY, TORSION_GAP, TORSION_STEPS = 0.5, 0.5, 15
+RING_ENERGY = 1.6
 
 
 @dataclass
@@ -319,6 +323,16 @@ class ConformerSearch:
         chain torsions too keeps the excursions that are turning a side chain
         (n-butylcyclohexane lost a run when only the ring was judged).
         Default 35 of the 70 steps; 0: off (benchmarks/EXPERIMENTS.md, session 43).
+    torsion_pushes: under ``ring_flips``, an excursion whose push turns a
+        rotatable bond (rather than flapping a ring corner) runs in torsion
+        space, as a ring-free molecule's: the momentum all on that torsion,
+        15 steps of ``torsion_dt``, a bounce at step 10, gap 0.5 eV, dE scaled
+        by 0.5/1.6 from the ring excursions'. A chain turns there in a few
+        long steps where the 70-step Cartesian excursion was slow and often
+        ended a rotamer short. Default True: n-butylcyclohexane 74 of 75 runs
+        at 692 calls per success against 72 of 75 at 1 288, cyclohexanol 325
+        against 412 (benchmarks/EXPERIMENTS.md, session 43). False: every
+        excursion of a ring molecule in Cartesians.
     quench_fmax, refine_fmax (eV/A): quench and final refinement thresholds.
     screen_fmax (eV/A): a quench whose energy stays above the lowest known
         minimum (by more than the archive's energy gate) may stop at this looser
@@ -373,7 +387,7 @@ class ConformerSearch:
                  eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_memory=None,
                  kick_torsions=1, surface_kicks=None, restart_after=None, restart_stalled=None,
                  restart_from="start", top_weight=0.3, ring_flips=True, inversion_stop=15.0,
-                 futility_stop=35,
+                 futility_stop=35, torsion_pushes=True,
                  quench_fmax=None, screen_fmax=None, revisit_fmax=None, revisit_rmsd=None,
                  home_radius=None, quench_steps=500, precon=None,
                  refine_fmax=None,
@@ -538,7 +552,7 @@ class ConformerSearch:
                       else CartesianSpace())
         if self.hinges is not None:
             self.excursion_steps = int(excursion_steps or 70)
-            self.excursion_energy = excursion_energy or 1.6
+            self.excursion_energy = excursion_energy or RING_ENERGY
             # a ring flips only on a long coherent path, and crosses from the
             # twist-boats into a chair more often on a high floor (measured: EXPERIMENTS.md)
             self.hp = dataclasses.replace(self.hp, dt=0.2 if dt is None else dt, gap=gap or 2.0,
@@ -547,10 +561,20 @@ class ConformerSearch:
             self.hinge_kick = (ecd.hinge_directions(self.hinges.tangents, torch.tensor(weights),
                                                     self.hinges.pucker_signs)
                                if self.kick == "soft" else ecd.isotropic)
+        # under ring_flips, an excursion pushed along a rotatable bond turns a chain,
+        # which torsion space does in a few long steps: it runs there, with the
+        # torsion-space settings of a ring-free molecule (measured: EXPERIMENTS.md)
+        self.bond_space = None
+        if self.hinges is not None and torsion_pushes and (~self.hinges.corner).any():
+            self.bond_space = TorsionSpace(self.topology, self.atoms.numbers)
+            self.torsion_hp = dataclasses.replace(self.hp, dt=torsion_dt, max_step=torsion_max_step,
+                                                  gap=TORSION_GAP, bounce_every=10)
+            self.torsion_push_steps = TORSION_STEPS
+            self.torsion_push_scale = TORSION_ENERGY / RING_ENERGY
         if isinstance(self.space, TorsionSpace):
             self.hp = dataclasses.replace(self.hp, dt=torsion_dt, max_step=torsion_max_step)
-            self.excursion_steps = int(excursion_steps or 15)
-            self.excursion_energy = excursion_energy or 0.5
+            self.excursion_steps = int(excursion_steps or TORSION_STEPS)
+            self.excursion_energy = excursion_energy or TORSION_ENERGY
             weights = np.where(self.space.symmetric_top, float(top_weight), 1.0)
             if not weights.any():       # every torsion a symmetric top: draw among all
                 weights = np.ones_like(weights)
@@ -700,6 +724,11 @@ class ConformerSearch:
             self.quench_calls += self.W
         q = self.space.initial(x)
         self.walkers = ecd.init(q, f, self.space.gradient(x, g), self.hp, rng=self.rng)
+        self.in_torsion = torch.zeros(self.W, dtype=torch.bool)   # the excursion runs in bond_space
+        if self.bond_space is not None:
+            self.torsion_walkers = ecd.init(self.bond_space.initial(x), f,
+                                            self.bond_space.gradient(x, g), self.torsion_hp,
+                                            rng=self.rng)
         self.quench = ecd.quench_init(x, f, g, self.qp)
         # Cartesian geometry and gradient of each walker, now and at its lowest point
         self.cart, self.cart_g = x.clone(), g.clone()
@@ -759,6 +788,8 @@ class ConformerSearch:
             state = ecd.init(self.space.initial(x), f, self.space.gradient(x, g), hp, rng=self.rng)
             # a random direction at a minimum
             fresh.append(ecd.bounce(state, torch.tensor([True]), self._directions([w])))
+            if self.bond_space is not None:
+                self._push_in_torsions(w, fresh[-1].p)
         merged = fresh[0] if len(fresh) == 1 else dataclasses.replace(fresh[0], **{
             f.name: torch.cat([getattr(s, f.name) for s in fresh])
             for f in dataclasses.fields(fresh[0]) if f.name != "rng"})
@@ -770,6 +801,28 @@ class ConformerSearch:
         self.before_last_f[idx] = -math.inf
         self.dips[idx] = 0
         self.stirred[idx] = False
+
+    def _push_in_torsions(self, w: int, p):
+        """If walker w's push p (1, N, 3) turns a rotatable bond (that hinge's
+        rigid motion) rather than flapping a ring corner, start its excursion
+        in torsion space instead: all the momentum on that torsion, the same
+        way round, and dE scaled from the ring excursions' to torsion space's."""
+        x, f, g = self.home_x[w:w + 1], self.home_f[w:w + 1], self.home_g[w:w + 1]
+        bonds = np.flatnonzero(~self.hinges.corner)         # the bond_space's hinges, in order
+        along = ecd.rigid_free(x.expand(len(bonds), -1, -1), self.hinges.tangents(x)[0, bonds])
+        cos = (along * p).sum((1, 2)) / (along.flatten(1).norm(dim=1) * p.flatten().norm())
+        b = int(cos.abs().argmax())
+        self.in_torsion[w] = bool(cos[b].abs() > 0.99)
+        if not self.in_torsion[w]:
+            return
+        hp = dataclasses.replace(self.torsion_hp,
+                                 delta_energy=self._excursion_energy(w) * self.torsion_push_scale)
+        state = ecd.init(self.bond_space.initial(x), f, self.bond_space.gradient(x, g), hp,
+                         rng=self.rng)
+        direction = torch.zeros(1, self.bond_space.count, 1, dtype=x.dtype)
+        direction[0, b] = torch.sign(cos[b])
+        state = ecd.bounce(state, torch.tensor([True]), lambda q, rng: direction)
+        self.torsion_walkers = ecd.put_rows(self.torsion_walkers, torch.tensor([w]), state)
 
     def _directions(self, rows):
         """How walkers ``rows`` draw new momentum directions (see ``kick``,
@@ -1046,11 +1099,20 @@ class ConformerSearch:
 
     def _explore(self):
         main_budget = self._main_budget()
-        burn = max(1, min(self.excursion_steps, round(self.harvest_after * self.excursion_steps)))
+        def harvest_step(length):
+            return max(1, min(length, round(self.harvest_after * length)))
+        burn = harvest_step(self.excursion_steps)
+        torsion_length = self.torsion_push_steps if self.bond_space is not None else 0
+        torsion_burn = harvest_step(torsion_length) if torsion_length else 0
         while self.calls + self.W <= main_budget and not self._done():
             proposed = ecd.propose(self.walkers, self.hp, self._bounce_directions)
             stepped = ecd.quench_propose(self.quench, self.qp)
             moved = self.space.move(self.cart, proposed.x - self.walkers.x)
+            in_torsion = self.exploring & self.in_torsion
+            if self.bond_space is not None:
+                turned = ecd.propose(self.torsion_walkers, self.torsion_hp, ecd.isotropic)
+                moved = torch.where(in_torsion[:, None, None], self.bond_space.move(
+                    self.cart, turned.x - self.torsion_walkers.x), moved)
             x = torch.where(self.exploring[:, None, None], moved, stepped.x)
             f, g = self._safe(self.evaluate(x))
             n_explore = int(self.exploring.sum())
@@ -1059,14 +1121,18 @@ class ConformerSearch:
             failed = torch.isinf(f)
             walked = ecd.absorb(proposed, f, self.space.gradient(x, g), self.hp)
             quenched = ecd.quench_absorb(stepped.replace(x=x), f, g)
-            improved = self.exploring & (f < self.walkers.best_f)
+            if self.bond_space is not None:
+                turned = ecd.absorb(turned, f, self.bond_space.gradient(x, g), self.torsion_hp)
+            improved = self.exploring & (f < self._excursion_field("best_f"))
             self.best_cart = torch.where(improved[:, None, None], x, self.best_cart)
             self.best_cart_g = torch.where(improved[:, None, None], g, self.best_cart_g)
             # the excursion's previous point, a dip if lower than the points on either side
-            last_f, last_cart, last_cart_g = self.walkers.f, self.cart, self.cart_g
+            last_f, last_cart, last_cart_g = self._excursion_field("f"), self.cart, self.cart_g
             self.cart = torch.where(self.exploring[:, None, None], x, self.cart)
             self.cart_g = torch.where(self.exploring[:, None, None], g, self.cart_g)
-            self.walkers = ecd.where(self.exploring, walked, self.walkers)
+            self.walkers = ecd.where(self.exploring & ~in_torsion, walked, self.walkers)
+            if self.bond_space is not None:
+                self.torsion_walkers = ecd.where(in_torsion, turned, self.torsion_walkers)
             self.quench = ecd.where(~self.exploring, quenched, self.quench)
             self.iteration += 1
             self._record_trace()
@@ -1076,11 +1142,17 @@ class ConformerSearch:
 
             # a failed evaluation sends the walker back home to start over
             failed_rows = torch.nonzero(failed).flatten().tolist()
-            steps = self.walkers.steps
+            steps = self._excursion_field("steps")
+            length = torch.where(in_torsion, torsion_length, self.excursion_steps)
             # from the harvest point on, the lowest point is looked for afresh
+            restart = self.exploring & (steps == torch.where(in_torsion, torsion_burn, burn))
             b = self.walkers
-            restart = self.exploring & (steps == burn)
-            self.walkers = ecd.where(restart, b.replace(best_x=b.x, best_f=b.f, best_g=b.g), b)
+            self.walkers = ecd.where(restart & ~in_torsion,
+                                     b.replace(best_x=b.x, best_f=b.f, best_g=b.g), b)
+            if self.bond_space is not None:
+                b = self.torsion_walkers
+                self.torsion_walkers = ecd.where(restart & in_torsion,
+                                                 b.replace(best_x=b.x, best_f=b.f, best_g=b.g), b)
             self.best_cart = torch.where(restart[:, None, None], self.cart, self.best_cart)
             self.best_cart_g = torch.where(restart[:, None, None], self.cart_g, self.best_cart_g)
             dip = self.exploring & ~failed & (last_f < self.before_last_f) & (last_f < f)
@@ -1089,7 +1161,7 @@ class ConformerSearch:
             at_dip = stopped[:, None, None]
             harvest_x = torch.where(at_dip, last_cart, self.best_cart)
             harvest_g = torch.where(at_dip, last_cart_g, self.best_cart_g)
-            harvest_f = torch.where(stopped, last_f, self.walkers.best_f)
+            harvest_f = torch.where(stopped, last_f, self._excursion_field("best_f"))
             if self.hinges is not None and self.inversion_stop > 0:
                 # a ring that has flipped is in the other pucker's basin: quench it now
                 flipped = self.exploring & ~failed & ~stopped & self.hinges.inverted(
@@ -1105,7 +1177,7 @@ class ConformerSearch:
                                      & ~self.stirred)
             self.before_last_f = torch.where(self.exploring, last_f, self.before_last_f)
             ended = torch.nonzero(self.exploring & ~failed
-                                  & ((steps >= self.excursion_steps) | stopped)).flatten().tolist()
+                                  & ((steps >= length) | stopped)).flatten().tolist()
             # tight only where the quench may end at or below the lowest minimum
             near_lowest = self.quench.f < self.lowest + self.archive_gate
             fmax = torch.where(near_lowest, torch.tensor(self.quench_fmax, dtype=torch.float64),
@@ -1145,6 +1217,14 @@ class ConformerSearch:
                     and self._clock() >= self._next_save:
                 self._periodic_save()
 
+    def _excursion_field(self, name: str) -> torch.Tensor:
+        """(W,) a per-walker field of the ECD state each walker's excursion
+        runs in (``torsion_walkers`` for a ring molecule's torsion pushes)."""
+        value = getattr(self.walkers, name)
+        if self.bond_space is None:
+            return value
+        return torch.where(self.in_torsion, getattr(self.torsion_walkers, name), value)
+
     def _periodic_save(self):
         """Checkpoint, then wait 19x as long as the write took before the
         next one, so that writes take at most 5% of the wall time."""
@@ -1161,7 +1241,7 @@ class ConformerSearch:
         stride = self.trace_stride
         if self.iteration % stride:
             return
-        current = torch.where(self.exploring, self.walkers.f, self.quench.f)
+        current = torch.where(self.exploring, self._excursion_field("f"), self.quench.f)
         self.trace.append((self.calls, [round(e, 8) for e in current.tolist()]))
         if len(self.trace) > self.TRACE_ROWS:
             self.trace = self.trace[::2]
@@ -1262,8 +1342,10 @@ class ConformerSearch:
             "own_lowest": self.own_lowest, "stalled": self.stalled,
             **{name: getattr(self, name).tolist()
                for name in ("cart", "cart_g", "best_cart", "best_cart_g",
-                            "before_last_f", "dips", "stirred")},
+                            "before_last_f", "dips", "stirred", "in_torsion")},
         }
+        if self.bond_space is not None:
+            data["torsion_ecd"] = self.torsion_walkers.to_dict()
 
         def write_to(tmp):
             with open(tmp, "w") as fh:
@@ -1318,6 +1400,14 @@ class ConformerSearch:
             self.dips = torch.tensor(data["dips"], dtype=torch.long)
         if "stirred" in data:
             self.stirred = torch.tensor(data["stirred"], dtype=torch.bool)
+        self.in_torsion = torch.tensor(data.get("in_torsion", [False] * self.W), dtype=torch.bool)
+        if self.bond_space is not None:
+            if "torsion_ecd" in data:
+                self.torsion_walkers = ecd.ECDState.from_dict(data["torsion_ecd"]).replace(rng=self.rng)
+            else:                # written before session 43: no walker was in torsion space
+                self.torsion_walkers = ecd.init(
+                    self.bond_space.initial(self.home_x), self.home_f,
+                    self.bond_space.gradient(self.home_x, self.home_g), self.torsion_hp, rng=self.rng)
         if self.walkers.x.shape[1:] != self.space.initial(self.home_x).shape[1:]:
             # written in another exploration space (a ring molecule before session
             # 40, or another ring_flips): the archive, homes and quenches carry

@@ -313,7 +313,9 @@ def test_ring_excursions_end_where_the_ring_has_inverted(ani):
     def excursions(**kwargs):
         """Per excursion: whether the ring was inverted at each of its steps,
         and whether the point its quench started from was."""
-        search = ConformerSearch(atoms, ani, walkers=2, max_force_calls=600, seed=0, **kwargs)
+        # Cartesian excursions only: a push on the methyl top would run in torsion space
+        search = ConformerSearch(atoms, ani, walkers=2, max_force_calls=600, seed=0,
+                                 torsion_pushes=False, **kwargs)
         least = np.radians(15.0)
         paths, ended = {}, []
 
@@ -358,7 +360,7 @@ def test_ring_excursions_that_change_nothing_end_early(ani):
     def excursions(**kwargs):
         """Per excursion: its length and whether it had stirred by step ``stop``."""
         search = ConformerSearch(atoms, ani, walkers=2, max_force_calls=600, seed=0,
-                                 inversion_stop=0, **kwargs)
+                                 inversion_stop=0, torsion_pushes=False, **kwargs)
         steps, stirred, done = {}, {}, []
 
         def follow(s):
@@ -389,6 +391,59 @@ def test_ring_excursions_that_change_nothing_end_early(ani):
     assert any(not moved for _, moved in uncut)          # idle excursions that ran on
     with pytest.raises(ValueError, match="futility_stop"):
         ConformerSearch(atoms, ani, futility_stop=-1)
+
+
+def test_ring_molecules_turn_their_chains_in_torsion_space(ani, tmp_path):
+    """Under ring flips an excursion pushed along a rotatable bond runs in
+    torsion space (bond lengths kept, at most 15 steps), one pushed along a
+    corner flap in Cartesians; ``torsion_pushes=False`` runs all in
+    Cartesians. A checkpoint keeps each walker's space and torsion state."""
+    from ecd_chem.structures import from_smiles
+    atoms = from_smiles("CCCCC1CCCCC1", 1)[0]                 # n-butylcyclohexane
+    pairs = np.argwhere(np.triu(bond_graph(atoms)))
+
+    def excursions(**kwargs):
+        """Per excursion: whether it ran in torsion space, its length, and
+        how far any bond length strayed from home's along it (A)."""
+        search = ConformerSearch(atoms, ani, walkers=2, max_force_calls=500, seed=0, **kwargs)
+        paths, done = {}, []
+
+        def follow(s):
+            steps = s._excursion_field("steps")
+            lengths = (s.cart[:, pairs[:, 0]] - s.cart[:, pairs[:, 1]]).norm(dim=-1)
+            home = (s.home_x[:, pairs[:, 0]] - s.home_x[:, pairs[:, 1]]).norm(dim=-1)
+            stray = (lengths - home).abs().amax(1)
+            for w in torch.nonzero(s.exploring).flatten().tolist():
+                if int(steps[w]) == 1:
+                    paths[w] = [bool(s.in_torsion[w]), 0, 0.0]
+                paths[w][1] = int(steps[w])
+                paths[w][2] = max(paths[w][2], float(stray[w]))
+        search.attach(follow)
+        start = search._start_quenches
+
+        def spy(rows, x, f, g):
+            done.extend(paths.pop(w) for w in rows if w in paths)
+            start(rows, x, f, g)
+        search._start_quenches = spy
+        search.run()
+        return search, done
+
+    search, mixed = excursions()
+    turned = [p for p in mixed if p[0]]
+    flapped = [p for p in mixed if not p[0]]
+    assert turned and flapped
+    assert all(length <= 15 and stray < 1e-8 for _, length, stray in turned)
+    assert all(stray > 1e-3 for _, _, stray in flapped)
+    assert any(length > 15 for _, length, _ in flapped)
+    _, cartesian = excursions(torsion_pushes=False)
+    assert cartesian and not any(p[0] for p in cartesian)
+    path = tmp_path / "search.json"
+    search._save(path)
+    again = ConformerSearch(atoms, ani, walkers=2, max_force_calls=500, seed=0)
+    again._load(path)
+    assert torch.equal(again.in_torsion, search.in_torsion)
+    assert torch.equal(again.torsion_walkers.x, search.torsion_walkers.x)
+    assert torch.equal(again.torsion_walkers.p, search.torsion_walkers.p)
 
 
 @pytest.mark.parametrize("kick, kick_torsions, nonzero",
