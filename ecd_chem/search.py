@@ -299,9 +299,9 @@ class ConformerSearch:
         dE0 1.6 eV and gap 2 eV with no bounce, and harvest their lowest
         point after the first third. From the higher chair, axial
         methylcyclohexane (ANI-1x) reaches the equatorial one in every run
-        measured (benchmarks/EXPERIMENTS.md, sessions 40-41). The price: chains
-        on such a molecule are explored by these long Cartesian excursions
-        rather than 15 torsion steps. False: torsion space, and each ring
+        measured (benchmarks/EXPERIMENTS.md, sessions 40-41). A push on a
+        rotatable bond runs in torsion space instead (``torsion_pushes``).
+        False: torsion space, and each ring
         keeps the pucker of its starts (give ring conformers as ``starts``).
     inversion_stop (degrees): under ``ring_flips``, an excursion ends as soon
         as a ring's pucker has inverted from its pucker at home, every
