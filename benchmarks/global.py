@@ -35,6 +35,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import json
 import math
@@ -349,12 +350,16 @@ def molecule_benchmark(names, count, budget, walker_counts, seeds, reference=Non
 
 
 def parse_setting(item: str):
-    """'key=value' -> (key, value), the value read as JSON when it is (1.2, true, null)."""
+    """'key=value' -> (key, value), the value read as JSON or as a Python
+    literal when it is one (1.2, true, False, null, None), else kept as text
+    ('sphere'): a Python False must not pass as the truthy string 'False'."""
     key, _, text = item.partition("=")
-    try:
-        return key, json.loads(text)
-    except ValueError:
-        return key, text
+    for read in (json.loads, ast.literal_eval):
+        try:
+            return key, read(text)
+        except (ValueError, SyntaxError):
+            pass
+    return key, text
 
 
 def per_success(calls, budget):

@@ -19,6 +19,14 @@ def bench():
     return module
 
 
+@pytest.mark.parametrize("item, expected", [
+    ("torsion_pushes=False", ("torsion_pushes", False)), ("kick_memory=0", ("kick_memory", 0)),
+    ("surface_kicks=true", ("surface_kicks", True)), ("gap=2.5", ("gap", 2.5)),
+    ("target_energy=None", ("target_energy", None)), ("restart_from=sphere", ("restart_from", "sphere"))])
+def test_settings_are_read_as_values(bench, item, expected):
+    assert bench.parse_setting(item) == expected
+
+
 def test_watched_model_notes_the_calls_spent_at_the_first_geometry_at_the_target(bench):
     atoms = random_cluster(13, seed=0)
     model = bench.WatchedModel(LJ13)
