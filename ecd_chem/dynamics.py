@@ -607,16 +607,28 @@ def hinge_directions(tangents, weights: torch.Tensor, signs=None):
         raise ValueError("hinge_directions needs non-negative weights, some positive")
 
     def draw(x, rng):
-        W = x.shape[0]
-        rows = torch.arange(W, device=x.device)
-        pick = torch.multinomial(weights.to(x.dtype).expand(W, -1), 1, generator=rng).squeeze(1)
-        sign = torch.randn(W, generator=rng, dtype=x.dtype, device=x.device).sign()
-        t = tangents(x)
-        if signs is not None:
-            preferred = signs(x, t)[rows, pick]
-            sign = torch.where(preferred != 0, preferred, sign)
-        return rigid_free(x, t[rows, pick] * sign[:, None, None])                 # (W, N, 3)
+        pick, sign = draw_hinges(weights, x.shape[0], rng, x.dtype, x.device)
+        return hinge_push(x, tangents(x), pick, sign, signs)
     return draw
+
+
+def draw_hinges(weights: torch.Tensor, W: int, rng, dtype=torch.float64, device=None):
+    """(pick, sign), both (W,): one hinge per walker drawn with probabilities
+    proportional to ``weights`` (T,), and a random sign +-1."""
+    pick = torch.multinomial(weights.to(dtype).expand(W, -1), 1, generator=rng).squeeze(1)
+    sign = torch.randn(W, generator=rng, dtype=dtype, device=device).sign()
+    return pick, sign
+
+
+def hinge_push(x, t, pick, sign, signs=None):
+    """(W, N, 3) the rigid motion t[w, pick[w]] of hinge ``pick`` at x (W, N, 3)
+    (``t``: (W, T, N, 3) tangents), rigid motions removed, the way
+    ``signs(x, t)`` (W, T) says, or ``sign`` (W,) where that is 0 or ``signs`` None."""
+    rows = torch.arange(x.shape[0], device=x.device)
+    if signs is not None:
+        preferred = signs(x, t)[rows, pick]
+        sign = torch.where(preferred != 0, preferred, sign)
+    return rigid_free(x, t[rows, pick] * sign[:, None, None])
 
 
 def quench_preconditioner(choice, adjacency=None):

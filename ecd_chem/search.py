@@ -558,7 +558,8 @@ class ConformerSearch:
             self.hp = dataclasses.replace(self.hp, dt=0.2 if dt is None else dt, gap=gap or 2.0,
                                           bounce_every=0 if bounce_every is None else int(bounce_every))
             weights = np.where(self.hinges.symmetric_top, float(top_weight), 1.0)
-            self.hinge_kick = (ecd.hinge_directions(self.hinges.tangents, torch.tensor(weights),
+            self.hinge_weights = torch.tensor(weights)
+            self.hinge_kick = (ecd.hinge_directions(self.hinges.tangents, self.hinge_weights,
                                                     self.hinges.pucker_signs)
                                if self.kick == "soft" else ecd.isotropic)
         # under ring_flips, an excursion pushed along a rotatable bond turns a chain,
@@ -786,10 +787,19 @@ class ConformerSearch:
             hp = dataclasses.replace(self.hp, delta_energy=self._excursion_energy(w))
             x, f, g = self.home_x[w:w + 1], self.home_f[w:w + 1], self.home_g[w:w + 1]
             state = ecd.init(self.space.initial(x), f, self.space.gradient(x, g), hp, rng=self.rng)
-            # a random direction at a minimum
-            fresh.append(ecd.bounce(state, torch.tensor([True]), self._directions([w])))
-            if self.bond_space is not None:
-                self._push_in_torsions(w, fresh[-1].p)
+            self.in_torsion[w] = False
+            if self.hinges is not None and self.kick == "soft":
+                # along one hinge: a corner's flap, or a bond's turn, which
+                # torsion space makes (torsion_pushes)
+                pick, sign = ecd.draw_hinges(self.hinge_weights, 1, self.rng, x.dtype, x.device)
+                push = ecd.hinge_push(x, self.hinges.tangents(x), pick, sign,
+                                      self.hinges.pucker_signs)
+                fresh.append(ecd.bounce(state, torch.tensor([True]), lambda q, rng: push))
+                if self.bond_space is not None and not self.hinges.corner[int(pick)]:
+                    self._push_in_torsions(w, int(pick), float(sign))
+            else:
+                # a random direction at a minimum
+                fresh.append(ecd.bounce(state, torch.tensor([True]), self._directions([w])))
         merged = fresh[0] if len(fresh) == 1 else dataclasses.replace(fresh[0], **{
             f.name: torch.cat([getattr(s, f.name) for s in fresh])
             for f in dataclasses.fields(fresh[0]) if f.name != "rng"})
@@ -802,25 +812,19 @@ class ConformerSearch:
         self.dips[idx] = 0
         self.stirred[idx] = False
 
-    def _push_in_torsions(self, w: int, p):
-        """If walker w's push p (1, N, 3) turns a rotatable bond (that hinge's
-        rigid motion) rather than flapping a ring corner, start its excursion
-        in torsion space instead: all the momentum on that torsion, the same
-        way round, and dE scaled from the ring excursions' to torsion space's."""
+    def _push_in_torsions(self, w: int, bond: int, sign: float):
+        """Run walker w's excursion, pushed along rotatable bond ``bond`` (a
+        hinge index; bonds come first, so also the bond_space's), in torsion
+        space: all the momentum on that torsion, the way ``sign`` says, and dE
+        scaled from the ring excursions' to torsion space's."""
         x, f, g = self.home_x[w:w + 1], self.home_f[w:w + 1], self.home_g[w:w + 1]
-        bonds = np.flatnonzero(~self.hinges.corner)         # the bond_space's hinges, in order
-        along = ecd.rigid_free(x.expand(len(bonds), -1, -1), self.hinges.tangents(x)[0, bonds])
-        cos = (along * p).sum((1, 2)) / (along.flatten(1).norm(dim=1) * p.flatten().norm())
-        b = int(cos.abs().argmax())
-        self.in_torsion[w] = bool(cos[b].abs() > 0.99)
-        if not self.in_torsion[w]:
-            return
+        self.in_torsion[w] = True
         hp = dataclasses.replace(self.torsion_hp,
                                  delta_energy=self._excursion_energy(w) * self.torsion_push_scale)
         state = ecd.init(self.bond_space.initial(x), f, self.bond_space.gradient(x, g), hp,
                          rng=self.rng)
         direction = torch.zeros(1, self.bond_space.count, 1, dtype=x.dtype)
-        direction[0, b] = torch.sign(cos[b])
+        direction[0, bond] = sign
         state = ecd.bounce(state, torch.tensor([True]), lambda q, rng: direction)
         self.torsion_walkers = ecd.put_rows(self.torsion_walkers, torch.tensor([w]), state)
 
