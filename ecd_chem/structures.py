@@ -740,7 +740,8 @@ def _molblock(atoms: Atoms) -> str:
     if len(atoms) > 999 or len(bonds) > 999:
         raise ValueError("V2000 SDF holds at most 999 atoms and 999 bonds")
     title = str(atoms.info.get("name") or atoms.get_chemical_formula())
-    lines = [title, "  ecd_chem        3D", "",
+    # header line 2: initials (2), program (8), date and time (10), then the dimension code
+    lines = [title, f"  {'ecd_chem':8s}{'':10s}3D", "",
              f"{len(atoms):3d}{len(bonds):3d}  0  0  0  0  0  0  0  0999 V2000"]
     for s, (x, y, z) in zip(atoms.get_chemical_symbols(), atoms.positions):
         lines.append(f"{x:10.4f}{y:10.4f}{z:10.4f} {s:<3s} 0  0  0  0  0  0  0  0  0  0  0  0")

@@ -193,6 +193,8 @@ def test_sdf_input_keeps_bonds_in_sdf_output(tmp_path):
     mols = [m for m in Chem.SDMolSupplier(str(out), removeHs=False)]
     assert len(mols) >= 1 and all(m is not None for m in mols)
     assert {Chem.MolToSmiles(Chem.RemoveHs(m)) for m in mols} == {"C=CC(=O)O"}
+    for sdf in (tmp_path / "in.sdf", out):          # the V2000 dimension code, columns 21-22
+        assert sdf.read_text().splitlines()[1][20:22] == "3D"
     energies = [float(m.GetProp("energy_eV")) for m in mols]
     assert energies == sorted(energies)
     assert [int(m.GetProp("rank")) for m in mols] == list(range(1, len(mols) + 1))
