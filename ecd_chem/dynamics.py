@@ -404,12 +404,18 @@ def quench_init(x, f, g, qp: QuenchParams = QuenchParams()) -> QuenchState:
                        steps=torch.zeros(W, dtype=torch.long, device=x.device))
 
 
-def quench_propose(state: QuenchState, qp: QuenchParams = QuenchParams()) -> QuenchState:
+def quench_propose(state: QuenchState, qp: QuenchParams = QuenchParams(),
+                   active: torch.Tensor | None = None) -> QuenchState:
     """L-BFGS direction for every walker, capped at qp.max_step per atom.
 
     Empty history slots are zero and drop out, so walkers with different
-    history lengths share one vectorized pass.
+    history lengths share one vectorized pass. ``active`` (W,) bool: only
+    those walkers step (the others come back unchanged and cost nothing;
+    the preconditioner and the L-BFGS products are per walker).
     """
+    if active is not None and not bool(active.all()):
+        rows = torch.nonzero(active).flatten()
+        return put_rows(state, rows, quench_propose(take_rows(state, rows), qp)) if len(rows) else state
     W = state.x.shape[0]
     # H0 = gamma P^-1, gamma from the newest pair: soft collective motions
     # (torsions) get long steps, stiff bonds short ones
@@ -830,7 +836,7 @@ def quench_until(state: QuenchState, evaluate, fmax: float, max_steps: int,
         idx = torch.nonzero(active).flatten()
         if len(idx) == 0 or (budget is not None and int(used.sum()) + len(idx) > budget):
             break
-        stepped = quench_propose(state, qp)
+        stepped = quench_propose(state, qp, active)
         f, g = stepped.f.clone(), stepped.g.clone()
         f[idx], g[idx] = evaluate(stepped.x[idx])
         used[idx] += 1
@@ -854,6 +860,13 @@ def where(mask: torch.Tensor, a, b):
         if isinstance(vb, torch.Tensor):
             out[field.name] = torch.where(_bcast(mask, vb), va, vb)
     return dataclasses.replace(b, **out)
+
+
+def take_rows(state, rows: torch.Tensor):
+    """A state of the walkers ``rows`` (indices) of ``state``, in that order."""
+    return dataclasses.replace(state, **{
+        field.name: getattr(state, field.name)[rows] for field in fields(state)
+        if isinstance(getattr(state, field.name), torch.Tensor)})
 
 
 def put_rows(state, rows: torch.Tensor, other):

@@ -1110,7 +1110,7 @@ class ConformerSearch:
         torsion_burn = harvest_step(torsion_length) if torsion_length else 0
         while self.calls + self.W <= main_budget and not self._done():
             proposed = ecd.propose(self.walkers, self.hp, self._bounce_directions)
-            stepped = ecd.quench_propose(self.quench, self.qp)
+            stepped = ecd.quench_propose(self.quench, self.qp, ~self.exploring)
             moved = self.space.move(self.cart, proposed.x - self.walkers.x)
             in_torsion = self.exploring & self.in_torsion
             if self.bond_space is not None:

@@ -188,6 +188,33 @@ def test_quench_converges_on_a_stiff_quadratic():
     assert ecd.max_force(state.g).max().item() < 1e-6
 
 
+@pytest.mark.parametrize("precon", [False, "exp"])
+def test_quench_step_of_some_walkers_equals_the_full_step_on_them(precon):
+    """``active`` steps only some walkers: their proposals are the full batch's,
+    the others come back untouched (the search quenches some walkers while the
+    others explore)."""
+    k = torch.tensor([1.0, 10.0, 100.0], dtype=torch.float64)
+
+    def stiff(x):
+        return 0.5 * (k * x * x).flatten(1).sum(1), k * x
+
+    qp = ecd.QuenchParams(precon=ecd.quench_preconditioner(precon))
+    x0 = torch.randn(4, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    state = ecd.quench_init(x0, *stiff(x0), qp)
+    for _ in range(3):                                 # some curvature history
+        stepped = ecd.quench_propose(state, qp)
+        state = ecd.quench_absorb(stepped, *stiff(stepped.x))
+    active = torch.tensor([True, False, True, False])
+    full, part = ecd.quench_propose(state, qp), ecd.quench_propose(state, qp, active)
+    for name in ("x", "x_prev", "g_prev", "f_prev"):
+        assert torch.allclose(getattr(part, name)[active], getattr(full, name)[active], atol=1e-12)
+    assert torch.equal(part.x[~active], state.x[~active])
+    assert torch.equal(part.x_prev[~active], state.x_prev[~active])
+    assert ecd.quench_propose(state, qp, torch.zeros(4, dtype=torch.bool)) is state
+    rows = torch.tensor([2, 0])
+    assert torch.equal(ecd.take_rows(state, rows).s, state.s[rows])
+
+
 @pytest.mark.parametrize("bad", [dict(dt=0), dict(dt=-1), dict(eta=0.5), dict(delta_energy=-1),
                                  dict(gap=0), dict(method="leapfrog"), dict(dt=float("nan"))])
 def test_bad_parameters_are_rejected(bad):
