@@ -234,7 +234,7 @@ def cmd_optimize(args):
     if not args.quiet:
         print(f"{'converged' if converged else 'NOT converged'}: E = "
               f"{atoms.get_potential_energy():.6f} eV, {opt.nsteps + 1} force calls "
-              f"(ECD {opt.ecd_calls}, quench {opt.quench_calls}); wrote {output}",
+              f"(start 1, ECD {opt.ecd_calls}, quench {opt.quench_calls}); wrote {output}",
               file=sys.stderr)
     return 0 if converged else 1
 

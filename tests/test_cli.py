@@ -37,6 +37,10 @@ def test_optimize_with_each_ani_model(tmp_path, ani_model):
     assert run.stderr.startswith("converged")
     energy = float(run.stderr.split("E = ")[1].split()[0]) / Hartree
     assert energy == pytest.approx({"ani1x": -154.990, "ani1ccx": -154.892}[ani_model], abs=1e-3)
+    # "N force calls (start 1, ECD a, quench b)": the parts add up
+    total = int(run.stderr.split(" force calls")[0].split()[-1])
+    parts = run.stderr.split("(start ")[1].split(")")[0].replace(",", "").split()
+    assert total == int(parts[0]) + int(parts[2]) + int(parts[4])
 
 
 def test_optimize_xyz_trajectory_and_export(tmp_path):
