@@ -190,10 +190,7 @@ class ConformerSearch:
         Molecules with rotatable bonds move in torsion space instead, with
         ``torsion_dt``, at most ``torsion_max_step`` radians per torsion per
         step, and 15 steps; molecules with puckered rings in Cartesians with
-        70 steps of 0.3 and no bounces (``ring_flips``). method: 'bbi' by
-        default, 'sep' (ECDSep, whose step never exceeds dt) for the ring
-        excursions; a method given applies to every excursion (rings under
-        'bbi' take dt 0.2).
+        70 steps of 0.2 and no bounces (``ring_flips``).
     excursion_minima: k; an excursion ends at the k-th dip of the energy along
         its path (a point lower than the steps before and after it: the walker
         has crossed into a basin), which its quench starts from; Goedecker's
@@ -386,7 +383,7 @@ class ConformerSearch:
                  energy_growth=1.5,
                  harvest_after=1 / 3, dt=None, gap=None, bounce_every=None,
                  torsion_dt=0.9, torsion_max_step=0.35, home_policy="auto", home_temperature=None,
-                 leave_at=4.0, home_patience=None, accept_above=None, accept_rate=1.1, method=None,
+                 leave_at=4.0, home_patience=None, accept_above=None, accept_rate=1.1, method="bbi",
                  eta=1.0, max_step=0.2, kick="soft", kick_power=3, kick_memory=None,
                  kick_torsions=1, surface_kicks=None, restart_after=None, restart_stalled=None,
                  restart_from="start", top_weight=0.3, ring_flips=True, inversion_stop=15.0,
@@ -498,7 +495,7 @@ class ConformerSearch:
         if int(kick_torsions) < 1 or not top_weight >= 0:
             raise ValueError(f"kick_torsions must be >= 1 and top_weight >= 0, got "
                              f"{kick_torsions} and {top_weight}")
-        self.hp = ecd.ECDParams(method=method or "bbi", dt=0.1 if dt is None else dt, eta=eta,
+        self.hp = ecd.ECDParams(method=method, dt=0.1 if dt is None else dt, eta=eta,
                                 gap=gap or (4.0 if cluster else 0.5),
                                 bounce_every=10 if bounce_every is None else int(bounce_every),
                                 fixed_bounces=10 ** 9, max_step=max_step)
@@ -557,12 +554,8 @@ class ConformerSearch:
             self.excursion_steps = int(excursion_steps or 70)
             self.excursion_energy = excursion_energy or RING_ENERGY
             # a ring flips only on a long coherent path, and crosses from the
-            # twist-boats into a chair more often on a high floor; ECDSep, whose
-            # step never exceeds dt, flips it in fewer steps (measured: EXPERIMENTS.md)
-            ring_method = method or "sep"
-            self.hp = dataclasses.replace(self.hp, method=ring_method,
-                                          dt=(0.3 if ring_method == "sep" else 0.2) if dt is None else dt,
-                                          gap=gap or 2.0,
+            # twist-boats into a chair more often on a high floor (measured: EXPERIMENTS.md)
+            self.hp = dataclasses.replace(self.hp, dt=0.2 if dt is None else dt, gap=gap or 2.0,
                                           bounce_every=0 if bounce_every is None else int(bounce_every))
             weights = np.where(self.hinges.symmetric_top, float(top_weight), 1.0)
             self.hinge_weights = torch.tensor(weights)
@@ -575,8 +568,7 @@ class ConformerSearch:
         self.bond_space = None
         if self.hinges is not None and torsion_pushes and (~self.hinges.corner).any():
             self.bond_space = TorsionSpace(self.topology, self.atoms.numbers)
-            self.torsion_hp = dataclasses.replace(self.hp, method=method or "bbi", dt=torsion_dt,
-                                                  max_step=torsion_max_step,
+            self.torsion_hp = dataclasses.replace(self.hp, dt=torsion_dt, max_step=torsion_max_step,
                                                   gap=TORSION_GAP, bounce_every=10)
             self.torsion_push_steps = TORSION_STEPS
             self.torsion_push_scale = TORSION_ENERGY / RING_ENERGY

@@ -276,11 +276,7 @@ def test_ring_molecules_explore_in_cartesians_along_hinges(ani):
     from ecd_chem.structures import CartesianSpace, from_smiles
     ring = ConformerSearch(read(MOLECULES / "methylcyclohexane_axial.xyz"), ani, walkers=2)
     assert isinstance(ring.space, CartesianSpace) and ring.hinges is not None
-    assert ring.excursion_steps == 70 and ring.hp.bounce_every == 0
-    assert ring.hp.method == "sep" and ring.hp.dt == 0.3           # rings flip under ECDSep
-    assert ring.torsion_hp.method == "bbi"                         # chain pushes keep BBI
-    bbi = ConformerSearch(read(MOLECULES / "methylcyclohexane_axial.xyz"), ani, method="bbi")
-    assert bbi.hp.method == "bbi" and bbi.hp.dt == 0.2
+    assert ring.excursion_steps == 70 and ring.hp.bounce_every == 0 and ring.hp.dt == 0.2
     assert ring.hp.gap == 2.0 and ring.excursion_energy == 1.6
     assert ring._bounce_directions is ring.hinge_kick
     chain = ConformerSearch(read(MOLECULES / "n-hexane.xyz"), ani, walkers=2)
@@ -293,7 +289,7 @@ def test_ring_molecules_explore_in_cartesians_along_hinges(ani):
 def test_axial_methylcyclohexane_flips_to_the_equatorial_chair(ani):
     """From the axial chair (ANI-1x), the equatorial chair 1.65 kcal/mol lower
     lies past a ring flip (~11 kcal/mol): no bond turns there, the ring's
-    corners must flap through boat-like forms. Found at 244 calls with seed 0."""
+    corners must flap through boat-like forms. Found at 259 calls with seed 0."""
     atoms = read(MOLECULES / "methylcyclohexane_axial.xyz")
     result = ConformerSearch(atoms, ani, walkers=1, max_force_calls=1500, seed=0).run()
     gaps = [c.info["relative_kcal_mol"] for c in result.conformers]
