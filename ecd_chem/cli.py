@@ -121,8 +121,12 @@ def build_parser():
 
     p = sub.add_parser("optimize", help="relax a structure with ECDOpt",
                        epilog=EXAMPLES["optimize"])
-    p.add_argument("input")
-    p.add_argument("-o", "--output", help="final structure (default INPUT-stem_opt.xyz)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("input", nargs="?",
+                        help="structure file (.xyz, .extxyz, .sdf, .mol, .pdb, ...)")
+    source.add_argument("--smiles", help="start from an RDKit ETKDG conformer of this molecule")
+    p.add_argument("-o", "--output",
+                   help="final structure (default INPUT-stem_opt.xyz, or FORMULA_opt.xyz)")
     p.add_argument("--traj", help="trajectory file (.traj, .xyz, .extxyz)")
     p.add_argument("--fmax", type=positive(float), default=0.05, help="eV/A")
     p.add_argument("--steps", type=positive(int), default=1000)
@@ -193,9 +197,16 @@ def cmd_optimize(args):
     import numpy as np
     from ase.calculators.singlepoint import SinglePointCalculator
     from . import ECDOpt
-    from .structures import read_structure, write_structures
-    atoms = read_structure(args.input)
-    output = args.output or os.path.splitext(os.path.basename(args.input))[0] + "_opt.xyz"
+    from .structures import from_smiles, read_structure, write_structures
+    if args.smiles is not None:
+        atoms = from_smiles(args.smiles, conformers=1, seed=args.seed)[0]
+        name = args.smiles
+        stem = atoms.get_chemical_formula()
+    else:
+        atoms = read_structure(args.input)
+        name = os.path.basename(args.input)
+        stem = os.path.splitext(name)[0]
+    output = args.output or stem + "_opt.xyz"
     for path in filter(None, (output, args.traj, None if args.log == "-" else args.log)):
         check_output(path)
     check_plot(args.plot)
@@ -229,7 +240,7 @@ def cmd_optimize(args):
         if args.plot and len(records) > 1:
             from .plot import plot_optimization
             plot_optimization([r[:4] for r in records], args.plot,
-                              title=f"ECDOpt: {os.path.basename(args.input)}")
+                              title=f"ECDOpt: {name}")
     write_structures(output, atoms)
     if not args.quiet:
         print(f"{'converged' if converged else 'NOT converged'}: E = "

@@ -43,6 +43,15 @@ def test_optimize_with_each_ani_model(tmp_path, ani_model):
     assert total == int(parts[0]) + int(parts[2]) + int(parts[4])
 
 
+def test_optimize_from_smiles(tmp_path):
+    """One ETKDG conformer of ethanol relaxed with ANI-1x, written where the
+    formula says when no output is named."""
+    run = cli("optimize", "--smiles", "CCO", "--calc", "ani1x", "--fmax", "0.02", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    relaxed = read(tmp_path / "C2H6O_opt.xyz")
+    assert len(relaxed) == 9 and "wrote C2H6O_opt.xyz" in run.stderr
+
+
 def test_optimize_xyz_trajectory_and_export(tmp_path):
     traj = tmp_path / "opt.xyz"
     assert cli("optimize", ETHANOL, "-o", str(tmp_path / "m.xyz"), "--traj", str(traj),
@@ -129,6 +138,8 @@ def test_a_cations_charge_comes_from_its_smiles(tmp_path):
     (["optimize", "missing.xyz"], "no such file"),
     (["conformers", "--smiles", "C1CC("], "invalid SMILES"),
     (["optimize", ETHANOL, "--fmax", "0"], "must be > 0"),
+    (["optimize", "--smiles", "C1CC("], "invalid SMILES"),
+    (["optimize", ETHANOL, "--smiles", "CCO"], "not allowed with"),
     (["conformers", ETHANOL, "--walkers", "-2"], "must be > 0"),
     (["conformers", ETHANOL, "--temperature", "-5"], "must be >= 0"),
     (["conformers", ETHANOL, "--seed", "-1"], "must be >= 0"),
