@@ -115,16 +115,21 @@ def add_search_options(p):
                         "pucker of its start (e.g. with --smiles, whose starts sample rings)")
 
 
+def add_input_options(p, smiles_help: str):
+    """A structure file or --smiles, exactly one of them."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("input", nargs="?",
+                        help="structure file (.xyz, .extxyz, .sdf, .mol, .pdb, ...)")
+    source.add_argument("--smiles", help=smiles_help)
+
+
 def build_parser():
     parser = Parser(prog="ecd-chem", description="Energy-Conserving Descent for molecules.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("optimize", help="relax a structure with ECDOpt",
                        epilog=EXAMPLES["optimize"])
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("input", nargs="?",
-                        help="structure file (.xyz, .extxyz, .sdf, .mol, .pdb, ...)")
-    source.add_argument("--smiles", help="start from an RDKit ETKDG conformer of this molecule")
+    add_input_options(p, "start from an RDKit ETKDG conformer of this molecule")
     p.add_argument("-o", "--output",
                    help="final structure (default INPUT-stem_opt.xyz, or FORMULA_opt.xyz)")
     p.add_argument("--traj", help="trajectory file (.traj, .xyz, .extxyz)")
@@ -135,10 +140,7 @@ def build_parser():
 
     p = sub.add_parser("conformers", help="conformer / global-minimum search",
                        epilog=EXAMPLES["conformers"])
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("input", nargs="?",
-                        help="structure file (.xyz, .extxyz, .sdf, .mol, .pdb, ...)")
-    source.add_argument("--smiles", help="start from RDKit ETKDG conformers of this molecule")
+    add_input_options(p, "start from RDKit ETKDG conformers of this molecule")
     p.add_argument("-o", "--output", default="conformers.xyz")
     p.add_argument("--json", help="machine-readable summary")
     add_search_options(p)
